@@ -1,0 +1,51 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test test-fast lint worker bench schema clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+## run: start the whole service on embedded defaults (SQLite, in-process queue) on $(HOST):$(PORT)
+run: $(STAMP)
+	DEBUG=$${DEBUG:-1} DELIVERY_ALLOW_PRIVATE_NETWORKS=$${DELIVERY_ALLOW_PRIVATE_NETWORKS:-1} \
+		$(PY) manage.py migrate --no-input -v0
+	DEBUG=$${DEBUG:-1} DELIVERY_ALLOW_PRIVATE_NETWORKS=$${DELIVERY_ALLOW_PRIVATE_NETWORKS:-1} \
+		$(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+## test: run the whole suite (embedded defaults, or PostgreSQL + Redis when DATABASE_URL/REDIS_URL are set)
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-fast: the suite without the slow end-to-end tests
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## lint: ruff, format check, mypy, migrations check, schema drift
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py export_schema schema --path /tmp/dp-schema.graphql > /dev/null
+	diff -u schema.graphql /tmp/dp-schema.graphql
+
+## schema: write schema.graphql from the code
+schema: $(STAMP)
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py export_schema schema --path schema.graphql
+
+## worker: a production queue worker (needs REDIS_URL)
+worker: $(STAMP)
+	$(PY) manage.py run_huey --workers $${WORKERS:-8} --worker-type thread
+
+## bench: run the benchmarks in bench/
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) db.sqlite3* huey.sqlite3* test-*.sqlite3*

@@ -1,0 +1,58 @@
+"""User bearer tokens: issue, resolve, revoke. Only digests are stored."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from identity import secrets
+from identity.models import AuthToken, User
+
+# Writing last_used_at on every request would cost a commit per API call; a coarse value is
+# enough to show which tokens are in use.
+_LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+def token_from_header(value: str | None) -> str | None:
+    """The raw token from an `Authorization: Bearer <t>` (or `Token <t>`) header value."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not token.strip():
+        return None
+    return token.strip()
+
+
+def token_issue(*, user: User) -> str:
+    """Create a token for `user` and return its raw value (the only time it exists in clear)."""
+    raw = secrets.new_secret(secrets.USER_TOKEN_PREFIX)
+    AuthToken.objects.create(
+        user=user,
+        key_hash=secrets.digest(raw),
+        prefix=secrets.visible_part(raw),
+        expires_at=timezone.now() + timedelta(days=settings.AUTH_TOKEN_TTL_DAYS),
+    )
+    return raw
+
+
+def token_user(raw: str | None) -> User | None:
+    """The active user owning an unexpired token, or None."""
+    if not raw:
+        return None
+    token = (
+        AuthToken.objects.select_related("user")
+        .filter(key_hash=secrets.digest(raw), expires_at__gt=timezone.now())
+        .first()
+    )
+    if token is None or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
+        AuthToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user
+
+
+def token_revoke(raw: str) -> int:
+    """Delete the token; returns how many rows went (0 or 1)."""
+    deleted, _ = AuthToken.objects.filter(key_hash=secrets.digest(raw)).delete()
+    return deleted

@@ -1,0 +1,68 @@
+"""Read operations, each returning a queryset already scoped to what the actor may see, so
+that filters applied afterwards can only narrow it."""
+
+import uuid
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from identity import secrets
+from identity.models import Account, Membership, Role, User
+from identity.permissions import Action, Actor, account_ids
+
+
+def user_list(
+    *, actor: Actor, email: str | None = None, administered: bool = False
+) -> QuerySet[User]:
+    """Users the actor may see: themselves, plus the members of every account where they are
+    ADMIN (superusers: everyone). With `administered`, the same set (it is what an admin may
+    act on); `email` filters case-insensitively."""
+    if not isinstance(actor, User) or not actor.is_active:
+        return User.objects.none()
+    users = User.objects.all()
+    if not actor.is_superuser:
+        admin_accounts = Membership.objects.filter(user=actor, role=Role.ADMIN).values("account_id")
+        users = users.filter(
+            Q(pk=actor.pk) | Q(memberships__account_id__in=admin_accounts)
+        ).distinct()
+    if email is not None:
+        users = users.filter(email__iexact=email.strip())
+    return users.order_by("id")
+
+
+def account_list(*, actor: Actor) -> QuerySet[Account]:
+    """Accounts the actor is a member of (superusers: all)."""
+    return Account.objects.filter(pk__in=account_ids(actor, Action.ACCOUNT_VIEW))
+
+
+def account_get(*, actor: Actor, account_id: uuid.UUID | str) -> Account | None:
+    """One visible account, or None when missing or foreign (indistinguishable)."""
+    try:
+        uuid.UUID(str(account_id))
+    except ValueError:
+        return None
+    return account_list(actor=actor).filter(pk=account_id).first()
+
+
+def member_list(*, actor: Actor, account_id: uuid.UUID | str | None = None) -> QuerySet[Membership]:
+    """Memberships of the accounts the actor belongs to, optionally of one account."""
+    members = Membership.objects.filter(account_id__in=account_ids(actor, Action.MEMBER_VIEW))
+    if account_id is not None:
+        try:
+            uuid.UUID(str(account_id))
+        except ValueError:
+            return Membership.objects.none()
+        members = members.filter(account_id=account_id)
+    return members
+
+
+def account_for_app_secret(raw: str) -> Account | None:
+    """The account whose current app secret, or previous one still in its grace period, is
+    `raw`. The lookup is by digest, so timing reveals nothing about stored secrets."""
+    if not raw:
+        return None
+    hashed = secrets.digest(raw)
+    return Account.objects.filter(
+        Q(secret_hash=hashed)
+        | Q(previous_secret_hash=hashed, previous_secret_expires_at__gt=timezone.now())
+    ).first()

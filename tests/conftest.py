@@ -1,0 +1,142 @@
+"""Shared fixtures: personas (admin, normal user, outsider, anonymous), a GraphQL caller, and
+cleanup of what a test left in the cache."""
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.test import Client
+
+from identity.auth import token_issue
+from identity.models import Account, User
+from tests.factories import add_member, make_account, make_user
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With REQUIRE_SERVICES=1 (the services run of CI) a missing PostgreSQL or Redis fails the
+    run at once instead of letting tests skip."""
+    if os.environ.get("REQUIRE_SERVICES") != "1":
+        return
+    import redis
+
+    if not settings.REDIS_URL or not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        pytest.exit("REQUIRE_SERVICES=1 needs DATABASE_URL (PostgreSQL) and REDIS_URL", 3)
+    redis.Redis.from_url(settings.REDIS_URL).ping()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the keys this run created in Redis (and only those)."""
+    if not settings.REDIS_URL:
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(match=f"*{settings.TEST_RUN_ID}*", count=1000):
+        client.delete(key)
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache() -> Iterator[None]:
+    yield
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter(match=f"{settings.TEST_RUN_ID}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    else:
+        cache.clear()
+
+
+@dataclass
+class Persona:
+    """A caller of the API: `user` is None for anonymous."""
+
+    name: str
+    user: User | None
+    token: str | None
+
+
+@pytest.fixture
+def account(db: None) -> Account:
+    return make_account(name="Acme")[0]
+
+
+@pytest.fixture
+def admin(account: Account) -> Persona:
+    user = make_user("admin@example.com", full_name="Ada Admin")
+    add_member(account, user, "ADMIN")
+    return Persona("admin", user, token_issue(user=user))
+
+
+@pytest.fixture
+def normal_user(account: Account) -> Persona:
+    user = make_user("normal@example.com", full_name="Nora Normal")
+    add_member(account, user, "NORMAL_USER")
+    return Persona("normal_user", user, token_issue(user=user))
+
+
+@pytest.fixture
+def outsider(db: None) -> Persona:
+    user = make_user("outsider@example.com", full_name="Otto Outsider")
+    make_account(admin=user, name="Other")
+    return Persona("outsider", user, token_issue(user=user))
+
+
+@pytest.fixture
+def anonymous(db: None) -> Persona:
+    return Persona("anonymous", None, None)
+
+
+@pytest.fixture
+def personas(
+    admin: Persona, normal_user: Persona, outsider: Persona, anonymous: Persona
+) -> dict[str, Persona]:
+    return {p.name: p for p in (admin, normal_user, outsider, anonymous)}
+
+
+class GraphQL:
+    """Posts operations to /graphql/ through the full Django stack."""
+
+    def __init__(self) -> None:
+        self.client = Client()
+
+    def __call__(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        persona: Persona | None = None,
+    ) -> dict[str, Any]:
+        token = persona.token if persona else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = self.client.post(
+            "/graphql/",
+            {"query": query, "variables": variables or {}},
+            content_type="application/json",
+            headers=headers,
+        )
+        assert response.status_code == 200, response.content
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+def gql(db: None) -> GraphQL:
+    return GraphQL()
+
+
+def error_codes(body: dict[str, Any]) -> list[str]:
+    """The `extensions.code` of each top-level GraphQL error."""
+    return [error.get("extensions", {}).get("code") for error in body.get("errors", [])]
+
+
+def payload_codes(payload: dict[str, Any]) -> list[str]:
+    """The codes of an OperationInfo payload (empty when the mutation succeeded)."""
+    return [message["code"] for message in payload.get("messages", [])]

@@ -1,0 +1,34 @@
+"""Test settings: the real settings, plus what only tests need.
+
+Every run gets its own key prefix in Redis (cache, queue, channel layer), so a test run never
+touches data another run or a developer's service keeps in the same Redis database.
+"""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "tests-only-not-secret")
+os.environ.setdefault("DELIVERY_ALLOW_PRIVATE_NETWORKS", "1")
+os.environ.setdefault("TEST_RUN_ID", f"t{os.getpid()}")
+os.environ.setdefault("CACHE_KEY_PREFIX", os.environ["TEST_RUN_ID"])
+os.environ.setdefault("HUEY_NAME", os.environ["TEST_RUN_ID"])
+
+from project.settings import *  # noqa: F403
+from project.settings import BASE_DIR, CHANNEL_LAYERS, HUEY, REDIS_URL
+
+TEST_RUN_ID = os.environ["TEST_RUN_ID"]
+
+# Hashing passwords with PBKDF2 would dominate the suite's run time.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Unit tests run tasks inline; integration tests start real `run_huey` processes, which use
+# project.settings and the shared queue.
+HUEY.immediate = True
+
+if REDIS_URL:
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{TEST_RUN_ID}:asgi"  # type: ignore[index]
+
+DATABASES["default"]["TEST"] = (  # noqa: F405
+    {"NAME": str(BASE_DIR / f"test-{TEST_RUN_ID}.sqlite3")}
+    if DATABASES["default"]["ENGINE"].endswith("sqlite3")  # noqa: F405
+    else {}
+)
