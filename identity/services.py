@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import password_validation
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
@@ -225,7 +226,9 @@ def account_update(
 def account_delete(*, actor: Actor, account_id: uuid.UUID | str) -> None:
     """Delete an account with its members and invitations (ADMIN)."""
     check(actor, Action.ACCOUNT_MANAGE, account_id)
-    Account.objects.filter(pk=account_id).delete()
+    account = Account.objects.get(pk=account_id)
+    _forget_secrets(account)
+    account.delete()
 
 
 @transaction.atomic
@@ -242,6 +245,7 @@ def account_rotate_secret(
             field="graceSeconds",
         )
     account = Account.objects.select_for_update().get(pk=account_id)
+    _forget_secrets(account)
     if grace_seconds:
         account.previous_secret_hash = account.secret_hash
         account.previous_secret_expires_at = timezone.now() + timedelta(seconds=grace_seconds)
@@ -252,6 +256,16 @@ def account_rotate_secret(
     account.updated_by = require_user(actor)
     account.save()
     return account, raw
+
+
+def _forget_secrets(account: Account) -> None:
+    """Drop cached app-secret lookups of the account once the change is committed."""
+    keys = [
+        selectors.app_secret_cache_key(h)
+        for h in (account.secret_hash, account.previous_secret_hash)
+        if h
+    ]
+    transaction.on_commit(lambda: cache.delete_many(keys))
 
 
 # --- Members --------------------------------------------------------------------------------

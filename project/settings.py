@@ -13,7 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from huey import PriorityRedisHuey, SqliteHuey
 
-from project.env import env_bool, env_int, env_list, env_str
+from project.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -125,6 +125,30 @@ else:
 
 # Huey consumer threads started inside `manage.py serve` (embedded mode).
 SERVE_WORKERS = env_int("SERVE_WORKERS", 4, minimum=1)
+
+# --- Delivery -------------------------------------------------------------------------------
+INCOMING_MAX_BODY_BYTES = env_int("INCOMING_MAX_BODY_BYTES", 1024 * 1024, minimum=1)
+# Accepted requests per second per account on incoming_data; 0 turns the limit off.
+INCOMING_RATE_LIMIT = env_int("INCOMING_RATE_LIMIT", 5)
+# Deliveries to private, loopback and link-local addresses are refused unless this is on.
+DELIVERY_ALLOW_PRIVATE_NETWORKS = env_bool("DELIVERY_ALLOW_PRIVATE_NETWORKS", False)
+DELIVERY_CONNECT_TIMEOUT = env_float("DELIVERY_CONNECT_TIMEOUT", 5.0)
+DELIVERY_READ_TIMEOUT = env_float("DELIVERY_READ_TIMEOUT", 15.0)
+# Seconds before each retry; a delivery gets 1 + len(schedule) attempts.
+DELIVERY_RETRY_SCHEDULE = [
+    float(s)
+    for s in env_list(
+        "DELIVERY_RETRY_SCHEDULE", ["5", "30", "120", "600", "1800", "3600", "10800", "21600"]
+    )
+]
+DELIVERY_RETRY_JITTER = 0.1  # add-only: up to +10 % of each delay, never earlier
+DELIVERY_RETRY_AFTER_CAP = 3600.0  # longest Retry-After (429/503) we honour, in seconds
+DELIVERY_RESPONSE_BODY_LIMIT = 4096  # bytes of each response body kept on the attempt
+# A queued/retrying log this overdue, or a sending one past its lease, is re-enqueued.
+DELIVERY_SWEEP_GRACE_SECONDS = env_int("DELIVERY_SWEEP_GRACE_SECONDS", 60)
+DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum=1)
+# How long app-secret and destination lookups stay cached (services invalidate on change).
+HOT_PATH_CACHE_SECONDS = 300
 
 # --- Identity -------------------------------------------------------------------------------
 AUTH_USER_MODEL = "identity.User"

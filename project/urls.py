@@ -3,11 +3,13 @@ from django.contrib import admin
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from delivery.views import incoming_data
 from schema import schema
 from schema.views import DataPusherGraphQLView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("server/incoming_data/", incoming_data, name="incoming_data"),
     # CSRF-exempt is safe: the view authenticates by bearer token only, never by cookie.
     path(
         "graphql/",

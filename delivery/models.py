@@ -1,0 +1,138 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from identity.models import Account
+
+
+class HttpMethod(models.TextChoices):
+    GET = "GET"
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+
+
+class Destination(models.Model):
+    """A webhook URL of an account: every event the account receives is sent here."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="destinations")
+    url = models.URLField(max_length=2000)
+    http_method = models.CharField(max_length=10, choices=HttpMethod.choices)
+    headers = models.JSONField(default=dict, blank=True, help_text="Extra request headers.")
+    is_active = models.BooleanField(default=True)
+    signing_secret = models.CharField(max_length=100, help_text="Standard Webhooks `whsec_…`.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["account", "is_active"], name="destination_account_active")]
+
+    def __str__(self) -> str:
+        return f"{self.http_method} {self.url}"
+
+
+class Event(models.Model):
+    """One accepted POST to incoming_data, stored once however many destinations it goes to."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="events")
+    event_id = models.CharField(max_length=255, help_text="CL-X-EVENT-ID, or generated.")
+    payload = models.JSONField()
+    size = models.PositiveIntegerField(help_text="Body size in bytes.")
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "event_id"], name="event_account_event_id")
+        ]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+
+class LogStatus(models.TextChoices):
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+UNFINISHED = (LogStatus.QUEUED, LogStatus.SENDING, LogStatus.RETRYING)
+
+
+class DeliveryLog(models.Model):
+    """The delivery of one event to one destination: the outbox row and its outcome."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="logs")
+    destination = models.ForeignKey(
+        Destination, null=True, on_delete=models.SET_NULL, related_name="logs"
+    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=LogStatus.choices, default=LogStatus.QUEUED)
+    attempt_count = models.PositiveIntegerField(default=0)
+    # Attempts made before the latest manual retry: the retry schedule restarts from there.
+    schedule_offset = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the next try is due (for `sending`: lease end)."
+    )
+    received_timestamp = models.DateTimeField()
+    processed_timestamp = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["account", "-received_timestamp", "-id"], name="log_account_received"
+            ),
+            models.Index(
+                fields=["account", "status", "-received_timestamp"], name="log_account_status"
+            ),
+            models.Index(fields=["destination", "-received_timestamp"], name="log_destination"),
+            models.Index(fields=["account", "-processed_timestamp"], name="log_account_processed"),
+            models.Index(fields=["account", "last_status_code"], name="log_account_code"),
+            models.Index(fields=["received_timestamp"], name="log_received"),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="log_unfinished_due",
+                condition=Q(status__in=["queued", "sending", "retrying"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"log {self.pk} ({self.status})"
+
+    @property
+    def webhook_id(self) -> str:
+        """Standard Webhooks message id: stable across retries so receivers can de-duplicate."""
+        return f"msg_{self.pk}"
+
+
+class DeliveryAttempt(models.Model):
+    """One HTTP try of a delivery, with what the destination answered."""
+
+    log = models.ForeignKey(DeliveryLog, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.TextField(blank=True, default="", help_text="Truncated.")
+    error_class = models.CharField(max_length=100, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["log", "number"]
+        constraints = [models.UniqueConstraint(fields=["log", "number"], name="attempt_log_number")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of log {self.log_id}"

@@ -1,0 +1,142 @@
+"""Reads, each scoped to what the actor may see before any filter is applied."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import QuerySet
+
+from delivery.models import DeliveryLog, Destination, Event
+from identity.permissions import Action, Actor, account_ids
+
+
+def _valid_uuid(value: object) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class DestinationFilters:
+    account_id: str | None = None
+    http_method: str | None = None
+    is_active: bool | None = None
+    url_contains: str | None = None
+
+
+def destination_list(
+    *, actor: Actor, filters: DestinationFilters | None = None
+) -> QuerySet[Destination]:
+    """Destinations of the actor's accounts, narrowed by `filters`."""
+    destinations = Destination.objects.filter(
+        account_id__in=account_ids(actor, Action.DESTINATION_VIEW)
+    )
+    f = filters or DestinationFilters()
+    if f.account_id is not None:
+        if not _valid_uuid(f.account_id):
+            return Destination.objects.none()
+        destinations = destinations.filter(account_id=f.account_id)
+    if f.http_method is not None:
+        destinations = destinations.filter(http_method=f.http_method)
+    if f.is_active is not None:
+        destinations = destinations.filter(is_active=f.is_active)
+    if f.url_contains:
+        destinations = destinations.filter(url__icontains=f.url_contains)
+    return destinations.order_by("created_at", "id")
+
+
+def destination_get(*, actor: Actor, destination_id: str | int) -> Destination | None:
+    """One visible destination, or None when missing or foreign (indistinguishable)."""
+    if not str(destination_id).isdigit():
+        return None
+    return destination_list(actor=actor).filter(pk=destination_id).first()
+
+
+def destinations_cache_key(account_id: object) -> str:
+    return f"destinations:{account_id}"
+
+
+def active_destination_ids(account_id: uuid.UUID) -> list[int]:
+    """Ids of the account's active destinations, cached for the ingest hot path; the
+    destination services drop the entry on every change."""
+    key = destinations_cache_key(account_id)
+    ids: list[int] | None = cache.get(key)
+    if ids is None:
+        ids = list(
+            Destination.objects.filter(account_id=account_id, is_active=True)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+        cache.set(key, ids, settings.HOT_PATH_CACHE_SECONDS)
+    return ids
+
+
+@dataclass
+class LogFilters:
+    account_id: str | None = None
+    destination_id: str | None = None
+    statuses: list[str] | None = None
+    event_id: str | None = None
+    received_gte: datetime | None = None
+    received_lte: datetime | None = None
+    processed_gte: datetime | None = None
+    processed_lte: datetime | None = None
+    status_code: int | None = None
+
+
+def log_list(*, actor: Actor, filters: LogFilters | None = None) -> QuerySet[DeliveryLog]:
+    """Delivery logs of the actor's accounts, narrowed by `filters` (unordered)."""
+    logs = DeliveryLog.objects.filter(account_id__in=account_ids(actor, Action.LOG_VIEW))
+    return apply_log_filters(logs, filters or LogFilters())
+
+
+def apply_log_filters(logs: QuerySet[DeliveryLog], f: LogFilters) -> QuerySet[DeliveryLog]:
+    if f.account_id is not None:
+        if not _valid_uuid(f.account_id):
+            return logs.none()
+        logs = logs.filter(account_id=f.account_id)
+    if f.destination_id is not None:
+        if not str(f.destination_id).isdigit():
+            return logs.none()
+        logs = logs.filter(destination_id=f.destination_id)
+    if f.statuses:
+        logs = logs.filter(status__in=f.statuses)
+    if f.event_id is not None:
+        logs = logs.filter(event__event_id=f.event_id)
+    if f.received_gte is not None:
+        logs = logs.filter(received_timestamp__gte=f.received_gte)
+    if f.received_lte is not None:
+        logs = logs.filter(received_timestamp__lte=f.received_lte)
+    if f.processed_gte is not None:
+        logs = logs.filter(processed_timestamp__gte=f.processed_gte)
+    if f.processed_lte is not None:
+        logs = logs.filter(processed_timestamp__lte=f.processed_lte)
+    if f.status_code is not None:
+        logs = logs.filter(last_status_code=f.status_code)
+    return logs
+
+
+def log_get(*, actor: Actor, log_id: str | int) -> DeliveryLog | None:
+    if not str(log_id).isdigit():
+        return None
+    return log_list(actor=actor).filter(pk=log_id).first()
+
+
+def event_list(*, actor: Actor) -> QuerySet[Event]:
+    return Event.objects.filter(account_id__in=account_ids(actor, Action.LOG_VIEW))
+
+
+def event_get(*, actor: Actor, event_id: str | int) -> Event | None:
+    """An event by its database id or its event id (CL-X-EVENT-ID) within the actor's
+    accounts; None when missing, foreign or ambiguous across accounts."""
+    events = event_list(actor=actor)
+    if str(event_id).isdigit():
+        found = events.filter(pk=event_id).first()
+        if found is not None:
+            return found
+    matches = list(events.filter(event_id=str(event_id))[:2])
+    return matches[0] if len(matches) == 1 else None

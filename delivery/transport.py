@@ -1,0 +1,298 @@
+"""The only module that speaks HTTP to destinations.
+
+`send()` never raises for a delivery problem: it returns an `Outcome` whose `kind` says whether
+the try succeeded, may be retried, or failed for good. Standard Webhooks headers are added here.
+
+Outbound safety: http(s) only, explicit timeouts, no redirects, the response body read only up
+to a cap, and (unless DELIVERY_ALLOW_PRIVATE_NETWORKS) no private, loopback, link-local,
+multicast or reserved address: checked after DNS resolution, and again on the connected socket
+so a DNS answer that changes between check and connect (rebinding) is caught too.
+"""
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+USER_AGENT = "DataPusher/1.0 (+webhooks)"
+SECRET_PREFIX = "whsec_"
+
+
+class Kind(StrEnum):
+    SUCCESS = "success"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass
+class Outcome:
+    kind: Kind
+    duration_ms: int
+    status_code: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    error_class: str = ""
+    error_message: str = ""
+    retry_after: float | None = None
+
+
+class BlockedAddress(OSError):
+    """The destination resolves to an address deliveries may not reach."""
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def check_host(host: str, port: int) -> None:
+    """Raise BlockedAddress unless every address `host` resolves to is public."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as error:
+        raise BlockedAddress(f"Cannot resolve {host}: {error.strerror}") from None
+    for info in infos:
+        address = str(info[4][0])
+        if not is_public_address(address):
+            raise BlockedAddress(
+                f"{host} resolves to {address}, a private/loopback/link-local address; "
+                "deliveries there are refused (DELIVERY_ALLOW_PRIVATE_NETWORKS is off)."
+            )
+
+
+class _GuardedConnectionMixin:
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        peer = sock.getpeername()[0]
+        if not is_public_address(peer):
+            sock.close()
+            raise BlockedAddress(f"Connected to {peer}, a non-public address; refused.")
+        return sock
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _GuardedHTTPPool,
+            "https": _GuardedHTTPSPool,
+        }
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One keep-alive session per thread (requests.Session is not thread-safe)."""
+    allow_private = settings.DELIVERY_ALLOW_PRIVATE_NETWORKS
+    session: requests.Session | None = getattr(_local, "session", None)
+    if session is None or getattr(_local, "allow_private", None) != allow_private:
+        session = requests.Session()
+        session.trust_env = False  # never route deliveries through an environment proxy
+        if not allow_private:
+            session.mount("http://", _GuardedAdapter())
+            session.mount("https://", _GuardedAdapter())
+        _local.session, _local.allow_private = session, allow_private
+    return session
+
+
+def new_signing_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: str) -> str:
+    """Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body"))."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    mac = hmac.new(key, f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def query_string(payload: dict[str, Any]) -> str:
+    """A JSON object as query parameters: strings as they are, other values as JSON."""
+    return urlencode(
+        [
+            (key, value if isinstance(value, str) else json.dumps(value, separators=(",", ":")))
+            for key, value in payload.items()
+        ]
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(status: int) -> Kind:
+    if 200 <= status < 300:
+        return Kind.SUCCESS
+    if status in (408, 429) or status >= 500:
+        return Kind.TRANSIENT
+    return Kind.PERMANENT  # 3xx (redirects are not followed) and other 4xx
+
+
+def _read_capped(response: requests.Response, limit: int) -> str:
+    data = response.raw.read(limit + 1, decode_content=True) or b""
+    if len(data) > limit:
+        response.close()  # do not drain an oversized body; drop the connection instead
+        data = data[:limit]
+    else:
+        response.raw.read(decode_content=False)  # drain so the connection is reused
+    return data.decode("utf-8", errors="replace")
+
+
+def send(
+    *,
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    payload: dict[str, Any],
+    webhook_id: str,
+    secret: str,
+) -> Outcome:
+    """Deliver `payload` once. GET sends it as query parameters (the signed "body" is then the
+    query string); other methods send it as a JSON body."""
+    started = time.monotonic()
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return Outcome(Kind.PERMANENT, 0, error_class="InvalidURL", error_message="Not http(s).")
+    timestamp = int(time.time())
+    if method == "GET":
+        signed = query_string(payload)
+        body = None
+        url = f"{url}{'&' if parts.query else '?'}{signed}" if signed else url
+    else:
+        signed = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        body = signed.encode()
+    request_headers = {
+        **headers,
+        "User-Agent": USER_AGENT,
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, webhook_id, timestamp, signed),
+    }
+    if body is not None:
+        request_headers["Content-Type"] = "application/json"
+    try:
+        if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS:
+            check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        response = _session().request(
+            method,
+            url,
+            data=body,
+            headers=request_headers,
+            timeout=(settings.DELIVERY_CONNECT_TIMEOUT, settings.DELIVERY_READ_TIMEOUT),
+            allow_redirects=False,
+            stream=True,
+        )
+        try:
+            text = _read_capped(response, settings.DELIVERY_RESPONSE_BODY_LIMIT)
+        finally:
+            response.close()
+    except BlockedAddress as error:
+        return Outcome(
+            Kind.PERMANENT, elapsed(), error_class="BlockedAddress", error_message=str(error)
+        )
+    except requests.RequestException as error:
+        blocked = _blocked_cause(error)
+        if blocked is not None:
+            return Outcome(
+                Kind.PERMANENT, elapsed(), error_class="BlockedAddress", error_message=str(blocked)
+            )
+        return Outcome(
+            Kind.TRANSIENT,
+            elapsed(),
+            error_class=type(error).__name__,
+            error_message=str(error)[:1000],
+        )
+    kind = classify(response.status_code)
+    return Outcome(
+        kind,
+        elapsed(),
+        status_code=response.status_code,
+        headers=dict(response.headers),
+        body=text,
+        error_class="" if kind is Kind.SUCCESS else "HTTPStatus",
+        error_message=_status_message(response),
+        retry_after=_retry_after(response.headers.get("Retry-After"))
+        if response.status_code in (429, 503)
+        else None,
+    )
+
+
+def _status_message(response: requests.Response) -> str:
+    status = response.status_code
+    if 200 <= status < 300:
+        return ""
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "")
+        return f"HTTP {status}: redirects are not followed (Location: {location[:200]})"
+    return f"HTTP {status} {response.reason or ''}".strip()
+
+
+def _blocked_cause(error: BaseException) -> BlockedAddress | None:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BlockedAddress):
+            return current
+        for arg in getattr(current, "args", ()):
+            if isinstance(arg, BaseException):
+                found = _blocked_cause(arg)
+                if found:
+                    return found
+        current = current.__cause__ or current.__context__
+    return None
