@@ -11,6 +11,7 @@ os.environ.setdefault("DELIVERY_ALLOW_PRIVATE_NETWORKS", "1")
 os.environ.setdefault("TEST_RUN_ID", f"t{os.getpid()}")
 os.environ.setdefault("CACHE_KEY_PREFIX", os.environ["TEST_RUN_ID"])
 os.environ.setdefault("HUEY_NAME", os.environ["TEST_RUN_ID"])
+os.environ.setdefault("HUEY_SQLITE_PATH", f"/tmp/dp-huey-{os.environ['TEST_RUN_ID']}.sqlite3")
 
 from project.settings import *  # noqa: F403
 from project.settings import BASE_DIR, CHANNEL_LAYERS, HUEY, REDIS_URL
