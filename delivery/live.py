@@ -7,14 +7,24 @@ database after a reconnect.
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
+from django.db.models import Q
 
 from delivery.models import DeliveryLog
+from identity.auth import token_user
+from identity.errors import NotFound, Unauthenticated
+from identity.models import Account
+from identity.permissions import Action, account_ids
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +93,133 @@ def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
             asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
         return
     async_to_sync(layer.group_send)(group, message)
+
+
+# --- Subscriber side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveFilters:
+    destination_id: str | None = None
+    statuses: tuple[str, ...] = ()
+    event_id: str | None = None
+
+
+ListenFactory = Callable[..., AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]]
+
+CATCH_UP_CHUNK = 500
+
+
+def _visible_accounts(token: str | None, account_id: str | None) -> set[str]:
+    """Account ids whose logs the token's user may view (all of them, or the one asked for).
+    Raises Unauthenticated for a missing/expired/revoked token."""
+    user = token_user(token)
+    if user is None:
+        raise Unauthenticated()
+    ids = {
+        str(pk)
+        for pk in Account.objects.filter(pk__in=account_ids(user, Action.LOG_VIEW)).values_list(
+            "pk", flat=True
+        )
+    }
+    if account_id is None:
+        return ids
+    return {str(account_id)} & ids
+
+
+def _load(log_ids: list[int]) -> dict[int, DeliveryLog]:
+    logs = DeliveryLog.objects.select_related("event", "destination", "account").prefetch_related(
+        "attempts"
+    )
+    return logs.in_bulk(log_ids)
+
+
+def _catch_up_chunk(
+    accounts: set[str], filters: LiveFilters, after: tuple[datetime, int]
+) -> list[DeliveryLog]:
+    logs = (
+        DeliveryLog.objects.select_related("event", "destination", "account")
+        .prefetch_related("attempts")
+        .filter(account_id__in=accounts)
+        .filter(Q(updated_at__gt=after[0]) | Q(updated_at=after[0], pk__gt=after[1]))
+    )
+    if filters.destination_id is not None:
+        logs = logs.filter(destination_id=filters.destination_id)
+    if filters.statuses:
+        logs = logs.filter(status__in=filters.statuses)
+    if filters.event_id is not None:
+        logs = logs.filter(event__event_id=filters.event_id)
+    return list(logs.order_by("updated_at", "pk")[:CATCH_UP_CHUNK])
+
+
+def _matches(update: dict[str, Any], accounts: set[str], filters: LiveFilters) -> bool:
+    return (
+        update["account_id"] in accounts
+        and (
+            filters.destination_id is None
+            or str(update["destination_id"]) == str(filters.destination_id)
+        )
+        and (not filters.statuses or update["status"] in filters.statuses)
+    )
+
+
+async def log_stream(
+    *,
+    token: str | None,
+    account_id: str | None,
+    filters: LiveFilters,
+    since: datetime | None,
+    listen: ListenFactory,
+) -> AsyncIterator[DeliveryLog]:
+    """Every status change of the matching logs, as DeliveryLog rows carrying the status of
+    that change (so no transition is skipped even if the row has moved on since).
+
+    With `since`, first the current state of every matching log changed after `since`, then
+    live changes; the groups are joined before the database is read, and a live change older
+    than or equal to what the catch-up already showed is dropped, so there is no gap and no
+    duplicate at the seam. Access is re-checked at most every LIVE_RECHECK_SECONDS: a revoked
+    token or lost membership ends the stream (or drops that account's changes)."""
+    accounts = await sync_to_async(_visible_accounts)(token, account_id)
+    if not accounts:
+        raise NotFound("Account")
+    shown: dict[int, datetime] = {}
+    async with listen(MESSAGE_TYPE, groups=[group_name(a) for a in sorted(accounts)]) as messages:
+        if since is not None:
+            cursor = (since, 0)
+            while chunk := await sync_to_async(_catch_up_chunk)(accounts, filters, cursor):
+                for log in chunk:
+                    shown[log.pk] = log.updated_at
+                    yield log
+                cursor = (chunk[-1].updated_at, chunk[-1].pk)
+        checked = time.monotonic()
+        async for message in messages:
+            if time.monotonic() - checked >= settings.LIVE_RECHECK_SECONDS:
+                try:
+                    accounts = await sync_to_async(_visible_accounts)(token, account_id)
+                except Unauthenticated:
+                    return
+                if not accounts:
+                    return
+                checked = time.monotonic()
+            updates = [
+                u
+                for u in message["updates"]
+                if _matches(u, accounts, filters)
+                and not (
+                    u["log_id"] in shown
+                    and u["updated_at"] is not None
+                    and datetime.fromisoformat(u["updated_at"]) <= shown[u["log_id"]]
+                )
+            ]
+            if not updates:
+                continue
+            logs = await sync_to_async(_load)([u["log_id"] for u in updates])
+            for update in updates:
+                row = logs.get(update["log_id"])
+                if row is None:
+                    continue
+                if filters.event_id is not None and row.event.event_id != filters.event_id:
+                    continue
+                row.status = update["status"]
+                row.attempt_count = update["attempt_count"]
+                yield row

@@ -101,6 +101,7 @@ class DeliveryLog(models.Model):
             models.Index(fields=["account", "-processed_timestamp"], name="log_account_processed"),
             models.Index(fields=["account", "last_status_code"], name="log_account_code"),
             models.Index(fields=["received_timestamp"], name="log_received"),
+            models.Index(fields=["account", "updated_at", "id"], name="log_account_updated"),
             models.Index(
                 fields=["next_attempt_at"],
                 name="log_unfinished_due",

@@ -281,13 +281,14 @@ def _dispatch(logs: list[DeliveryLog], *, eta: datetime | None = None) -> None:
     """Enqueue deliveries and publish the logs' current status (after commit)."""
     from delivery import tasks  # tasks import this module
 
+    # Publish first: a worker may pick the task up at once and publish `sending` itself.
+    live.publish(logs)
     try:
         for log in logs:
             tasks.deliver.schedule((log.pk,), eta=eta) if eta else tasks.deliver(log.pk)
     except Exception:
         # The rows are committed: the sweeper enqueues them once the queue is back.
         logger.exception("Could not enqueue %d deliveries; the sweeper will", len(logs))
-    live.publish(logs)
 
 
 # --- Delivery -------------------------------------------------------------------------------
@@ -485,6 +486,7 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
         DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.SENDING).update(
             status=LogStatus.RETRYING, next_attempt_at=now, updated_at=now
         )
+        live.publish(DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.RETRYING))
     overdue = list(
         DeliveryLog.objects.filter(
             status__in=[LogStatus.QUEUED, LogStatus.RETRYING], next_attempt_at__lte=now - grace

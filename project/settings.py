@@ -150,6 +150,12 @@ DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum
 # How long app-secret and destination lookups stay cached (services invalidate on change).
 HOT_PATH_CACHE_SECONDS = 300
 
+# --- Live status ----------------------------------------------------------------------------
+# Browser origins (besides the server's own) allowed to open the GraphQL WebSocket.
+WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", [])
+# How often a live subscription re-checks its token and memberships, in seconds.
+LIVE_RECHECK_SECONDS = 1.0
+
 # --- Identity -------------------------------------------------------------------------------
 AUTH_USER_MODEL = "identity.User"
 AUTH_PASSWORD_VALIDATORS = [

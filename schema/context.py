@@ -1,7 +1,8 @@
 """Who is calling: the bearer token is the only credential the GraphQL API accepts.
 
-Session cookies are ignored here on purpose: the endpoint is exempt from CSRF checks, which is
-only safe when no ambient credential can authenticate a request (STACK.md trap 7).
+Session cookies are ignored here on purpose: the HTTP endpoint is exempt from CSRF checks,
+which is only safe when no ambient credential can authenticate a request (STACK.md trap 7).
+Over WebSocket the token comes from the `connection_init` payload (schema/consumers.py).
 """
 
 from typing import Any
@@ -14,8 +15,16 @@ from identity.models import User
 from identity.permissions import Actor, require_user
 
 
+def _request(info: Info[Any, Any]) -> Any:
+    ctx = info.context
+    return ctx["request"] if isinstance(ctx, dict) else ctx.request
+
+
 def actor(info: Info[Any, Any]) -> Actor:
-    user: Actor = info.context.request.user
+    request = _request(info)
+    user: Actor | None = getattr(request, "user", None)
+    if user is None:  # a WebSocket consumer keeps the user in its scope
+        user = request.scope.get("user") or AnonymousUser()
     return user
 
 
@@ -25,11 +34,11 @@ def user(info: Info[Any, Any]) -> User:
 
 
 def token(info: Info[Any, Any]) -> str | None:
-    return getattr(info.context.request, "auth_token", None)
+    return getattr(_request(info), "auth_token", None)
 
 
 def client_address(info: Info[Any, Any]) -> str:
-    return str(info.context.request.META.get("REMOTE_ADDR", ""))
+    return str(_request(info).META.get("REMOTE_ADDR", ""))
 
 
 def resolve_user(raw_token: str | None) -> User | AnonymousUser:
