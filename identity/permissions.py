@@ -55,6 +55,10 @@ def role_in(actor: Actor, account_id: uuid.UUID | str) -> str | None:
     """The actor's role in the account (superusers act as ADMIN), or None for non-members."""
     if not isinstance(actor, User) or not actor.is_active:
         return None
+    try:
+        account_id = uuid.UUID(str(account_id))
+    except ValueError:  # a malformed id answers like a missing one
+        return None
     if actor.is_superuser:
         return Role.ADMIN if Account.objects.filter(pk=account_id).exists() else None
     return (

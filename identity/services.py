@@ -39,9 +39,11 @@ def _validate_password(password: str, user: User, *, field: str = "password") ->
         raise invalid(ErrorCode.INVALID_PASSWORD, " ".join(error.messages), field=field) from None
 
 
-def _clean_account_fields(name: str | None, website: str | None) -> None:
+def _clean_account_fields(
+    name: str | None, website: str | None, *, name_field: str = "name"
+) -> None:
     if name is not None and not (0 < len(name.strip()) <= 200):
-        raise invalid(ErrorCode.INVALID, "Name must be 1 to 200 characters.", field="name")
+        raise invalid(ErrorCode.INVALID, "Name must be 1 to 200 characters.", field=name_field)
     if website:
         try:
             URLValidator(schemes=["http", "https"])(website)
@@ -49,6 +51,16 @@ def _clean_account_fields(name: str | None, website: str | None) -> None:
             raise invalid(
                 ErrorCode.INVALID, "Enter a valid http(s) URL.", field="website"
             ) from None
+
+
+def _int_id(value: int | str) -> int | None:
+    """The integer primary key `value` names, or None when it cannot name a row, so that a
+    malformed id answers like a missing one instead of failing in the database driver."""
+    try:
+        pk = int(value)
+    except (TypeError, ValueError):
+        return None
+    return pk if 0 < pk < 2**63 else None
 
 
 def _new_app_secret(account: Account) -> str:
@@ -71,7 +83,7 @@ def user_signup(
     Raises ValidationError: `invalid` (email, accountName), `email_taken`, `invalid_password`.
     """
     email = _clean_email(email)
-    _clean_account_fields(account_name, None)
+    _clean_account_fields(account_name, None, name_field="accountName")
     user = User(email=email, full_name=full_name.strip())
     _validate_password(password, user)
     if User.objects.filter(email__iexact=email).exists():
@@ -149,7 +161,8 @@ def user_update(
     Raises NotFound (user not visible), Forbidden, ValidationError.
     """
     me = require_user(actor)
-    user = selectors.user_list(actor=me).filter(pk=user_id).first()
+    pk = _int_id(user_id)
+    user = None if pk is None else selectors.user_list(actor=me).filter(pk=pk).first()
     if user is None:
         raise NotFound("User")
     if user.pk != me.pk:
@@ -329,7 +342,9 @@ def member_add(
     to the account (ADMIN). Unknown or invisible users raise NotFound."""
     check(actor, Action.MEMBER_MANAGE, account_id)
     role = _clean_role(role)
-    user = selectors.user_list(actor=actor, administered=True).filter(pk=user_id).first()
+    pk = _int_id(user_id)
+    users = selectors.user_list(actor=actor, administered=True)
+    user = None if pk is None else users.filter(pk=pk).first()
     if user is None:
         raise NotFound("User")
     return _membership_insert(actor=actor, account_id=account_id, user=user, role=role)
@@ -337,11 +352,11 @@ def member_add(
 
 def _membership_for_change(actor: Actor, membership_id: int | str) -> Membership:
     require_user(actor)
+    pk = _int_id(membership_id)
     membership = (
-        selectors.member_list(actor=actor)
-        .select_related("account")
-        .filter(pk=membership_id)
-        .first()
+        None
+        if pk is None
+        else selectors.member_list(actor=actor).select_related("account").filter(pk=pk).first()
     )
     if membership is None:
         raise NotFound("Member")
