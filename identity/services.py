@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from identity import auth, secrets, selectors, throttle
 from identity.errors import ErrorCode, Forbidden, NotFound, invalid
-from identity.models import Account, Invitation, Membership, Role, User
+from identity.models import Account, AuthToken, Invitation, Membership, Role, User
 from identity.permissions import Action, Actor, check, require_user
 
 MAX_SECRET_GRACE_SECONDS = 7 * 24 * 3600
@@ -153,9 +153,10 @@ def user_update(
     email: str | None = None,
     password: str | None = None,
     current_password: str | None = None,
+    current_token: str | None = None,
 ) -> User:
     """Update a user. Users change their own name, email and password (a password change
-    needs `current_password`); an admin of an account the user belongs to may change only
+    needs `current_password` and revokes the user's other tokens); an admin of an account the user belongs to may change only
     role-free profile fields (the name).
 
     Raises NotFound (user not visible), Forbidden, ValidationError.
@@ -191,6 +192,10 @@ def user_update(
             )
         _validate_password(password, user)
         user.set_password(password)
+        # A new password ends every other session; the token making this call keeps working.
+        AuthToken.objects.filter(user=user).exclude(
+            key_hash=secrets.digest(current_token or "")
+        ).delete()
     user.save()
     return user
 

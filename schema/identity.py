@@ -153,6 +153,7 @@ class IdentityMutation:
             email=_given(input.email),  # type: ignore[arg-type]
             password=_given(input.password),  # type: ignore[arg-type]
             current_password=_given(input.current_password),  # type: ignore[arg-type]
+            current_token=context.token(info),
         )
 
     @strawberry_django.mutation(

@@ -196,3 +196,22 @@ def test_leaving_the_account_ends_the_admins_right_to_rename(
     payload = _update(gql, admin, normal_user, fullName="Renamed")
 
     assert payload == not_found("User")
+
+
+def test_password_change_revokes_other_tokens_but_keeps_the_current_one(gql, admin) -> None:
+    from identity.auth import token_issue
+    from identity.models import AuthToken
+
+    other = token_issue(user=admin.user)
+    body = gql(
+        """mutation ($id: ID!) { userUpdate(id: $id, input: {password: "another long phrase 8",
+        currentPassword: "correct horse battery 9"}) { __typename } }""",
+        {"id": str(admin.user.pk)},
+        persona=admin,
+    )
+    assert body["data"]["userUpdate"]["__typename"] == "User"
+    assert AuthToken.objects.filter(user=admin.user).count() == 1
+    assert gql("{ me { email } }", persona=admin)["data"]["me"]["email"] == admin.user.email
+    assert (
+        gql("{ me { email } }", token=other)["errors"][0]["extensions"]["code"] == "unauthenticated"
+    )
