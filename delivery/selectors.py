@@ -20,6 +20,12 @@ def _valid_uuid(value: object) -> bool:
     return True
 
 
+def _valid_pk(value: object) -> bool:
+    # isdigit() alone accepts digits such as "²" that int() (and so the query) rejects.
+    text = str(value)
+    return text.isascii() and text.isdigit()
+
+
 @dataclass
 class DestinationFilters:
     account_id: str | None = None
@@ -51,7 +57,7 @@ def destination_list(
 
 def destination_get(*, actor: Actor, destination_id: str | int) -> Destination | None:
     """One visible destination, or None when missing or foreign (indistinguishable)."""
-    if not str(destination_id).isdigit():
+    if not _valid_pk(destination_id):
         return None
     return destination_list(actor=actor).filter(pk=destination_id).first()
 
@@ -100,7 +106,7 @@ def apply_log_filters(logs: QuerySet[DeliveryLog], f: LogFilters) -> QuerySet[De
             return logs.none()
         logs = logs.filter(account_id=f.account_id)
     if f.destination_id is not None:
-        if not str(f.destination_id).isdigit():
+        if not _valid_pk(f.destination_id):
             return logs.none()
         logs = logs.filter(destination_id=f.destination_id)
     if f.statuses:
@@ -121,7 +127,7 @@ def apply_log_filters(logs: QuerySet[DeliveryLog], f: LogFilters) -> QuerySet[De
 
 
 def log_get(*, actor: Actor, log_id: str | int) -> DeliveryLog | None:
-    if not str(log_id).isdigit():
+    if not _valid_pk(log_id):
         return None
     return log_list(actor=actor).filter(pk=log_id).first()
 
@@ -134,7 +140,7 @@ def event_get(*, actor: Actor, event_id: str | int) -> Event | None:
     """An event by its database id or its event id (CL-X-EVENT-ID) within the actor's
     accounts; None when missing, foreign or ambiguous across accounts."""
     events = event_list(actor=actor)
-    if str(event_id).isdigit():
+    if _valid_pk(event_id):
         found = events.filter(pk=event_id).first()
         if found is not None:
             return found

@@ -153,7 +153,7 @@ def destination_create(
         account_id=account_id,
         url=_clean_url(url),
         http_method=_clean_method(http_method),
-        headers=_clean_headers(headers or {}),
+        headers=_clean_headers({} if headers is None else headers),
         is_active=is_active,
         signing_secret=transport.new_signing_secret(),
         created_by=user,

@@ -5,17 +5,18 @@ from django.conf import settings
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry_django.optimizer import DjangoOptimizerExtension
 
+from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import ErrorPolicy
 from schema.identity import IdentityMutation, IdentityQuery
 
 
 @strawberry.type
-class Query(IdentityQuery):
+class Query(IdentityQuery, DeliveryQuery):
     pass
 
 
 @strawberry.type
-class Mutation(IdentityMutation):
+class Mutation(IdentityMutation, DeliveryMutation):
     pass
 
 

@@ -1,0 +1,272 @@
+"""GraphQL object types, enums and filter inputs of the delivery domain.
+
+Importing this module only defines types (the subscription in schema/subscriptions.py reuses
+`DeliveryLog`, `LogStatus` and `LogFilter`). Nested selections are resolved by the optimizer
+with select_related/prefetch_related, so lists cost a constant number of queries.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import strawberry
+import strawberry_django
+from django.db.models import QuerySet
+from strawberry import relay
+from strawberry.scalars import JSON
+from strawberry.types import Info
+from strawberry_django.resolvers import django_resolver
+
+from delivery import models, selectors
+from identity.models import User
+from identity.permissions import Action, account_ids
+from schema import context
+from schema.types import Account
+
+HttpMethod = strawberry.enum(
+    models.HttpMethod, name="HttpMethod", description="HTTP method of a destination's requests."
+)
+LogStatus = strawberry.enum(
+    models.LogStatus,
+    name="LogStatus",
+    description="Where a delivery stands: QUEUED (waiting for a worker), SENDING (a worker "
+    "holds it), RETRYING (failed transiently; next try at nextAttemptAt), SUCCESS (2xx), "
+    "FAILED (permanent failure or retries used up).",
+)
+
+
+# --- Signing secrets: visible to the ADMINs of the destination's account only ---------------
+
+
+@dataclass
+class _AdminAccounts:
+    # The root value the ids were computed for: None for every field of an HTTP request, the
+    # yielded object for each event of a subscription (whose context lives as long as the
+    # connection), so a role change is seen by the next event.
+    root: object
+    ids: frozenset[str] | None  # None: every account (superuser)
+
+
+def _admin_account_ids(info: Info) -> frozenset[str] | None:
+    """Ids of the accounts where the caller may manage destinations (None: all of them),
+    computed once per request (once per event for subscriptions)."""
+    ctx: Any = info.context
+    # HTTP contexts are objects; the WebSocket context of strawberry's consumer is a dict.
+    store: dict[str, Any] = ctx if isinstance(ctx, dict) else ctx.__dict__
+    cached: _AdminAccounts | None = store.get("_admin_accounts")
+    if cached is not None and cached.root is info.root_value:
+        return cached.ids
+    actor = context.actor(info)
+    ids: frozenset[str] | None
+    if isinstance(actor, User) and actor.is_active and actor.is_superuser:
+        ids = None
+    else:
+        pks = account_ids(actor, Action.DESTINATION_MANAGE).values_list("pk", flat=True)
+        ids = frozenset(str(pk) for pk in pks)
+    store["_admin_accounts"] = _AdminAccounts(root=info.root_value, ids=ids)
+    return ids
+
+
+# --- Object types ----------------------------------------------------------------------------
+
+
+@strawberry_django.type(models.Destination, name="Destination")
+class Destination:
+    id: strawberry.ID
+    account: Account
+    url: str
+    http_method: HttpMethod  # type: ignore[valid-type]
+    headers: JSON = strawberry_django.field(
+        description="Extra request headers: an object of header name to string value."
+    )
+    is_active: bool = strawberry_django.field(
+        description="Inactive destinations receive no new deliveries."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+    @strawberry_django.field(
+        only=["signing_secret", "account_id"],
+        description="Standard Webhooks secret (`whsec_…`) that signs every request. Readable by "
+        "ADMINs of the destination's account only: null for everyone else.",
+    )
+    def signing_secret(self, root: models.Destination, info: Info) -> str | None:
+        ids = _admin_account_ids(info)
+        if ids is None or str(root.account_id) in ids:
+            return root.signing_secret
+        return None
+
+
+@strawberry_django.type(models.DeliveryAttempt, name="DeliveryAttempt")
+class DeliveryAttempt:
+    number: int = strawberry_django.field(description="1 for the first try, then 2, 3, …")
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None = strawberry_django.field(
+        description="The destination's HTTP status; null when no response came (timeout, "
+        "connection error, refused address)."
+    )
+    response_headers: JSON
+    response_body: str
+    error_class: str = strawberry_django.field(
+        description="Why the try failed, as a class name (empty on success)."
+    )
+    error_message: str
+
+
+@strawberry_django.type(models.DeliveryLog, name="DeliveryLog")
+class DeliveryLog:
+    id: strawberry.ID
+    account: Account
+    destination: Destination | None = strawberry_django.field(
+        description="Null once the destination has been deleted (its logs stay)."
+    )
+    received_timestamp: datetime = strawberry_django.field(
+        description="When the event was received."
+    )
+    processed_timestamp: datetime | None = strawberry_django.field(
+        description="When the latest try (or the decision to give up) finished; null before."
+    )
+    status: LogStatus = strawberry_django.field(  # type: ignore[valid-type]
+        description="QUEUED, SENDING, RETRYING, SUCCESS or FAILED (see LogStatus)."
+    )
+    attempt_count: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None = strawberry_django.field(
+        description="HTTP status of the latest try; null before the first or without response."
+    )
+    last_error: str
+    attempts: list[DeliveryAttempt] = strawberry_django.field(
+        description="Every HTTP try, in order."
+    )
+
+    @strawberry_django.field(
+        only=["event__event_id"],
+        select_related=["event"],
+        description="The event's id: its CL-X-EVENT-ID, or the one generated at ingest.",
+    )
+    def event_id(self, root: models.DeliveryLog) -> str:
+        return root.event.event_id
+
+    @strawberry_django.field(
+        only=["event__payload"],
+        select_related=["event"],
+        description="The JSON object received (the event payload).",
+    )
+    def received_data(self, root: models.DeliveryLog) -> JSON:
+        return root.event.payload
+
+    @classmethod
+    def get_queryset(
+        cls, queryset: QuerySet[models.DeliveryLog], info: Info, **kwargs: Any
+    ) -> QuerySet[models.DeliveryLog]:
+        # Logs nested in another type (Event.logs) come in creation order, not in whatever
+        # order the database finds them. `logs` orders its own pages.
+        return queryset.order_by("id")
+
+
+@strawberry_django.type(models.Event, name="Event")
+class Event:
+    id: strawberry.ID
+    event_id: str = strawberry_django.field(
+        description="The CL-X-EVENT-ID it was sent with, or the one generated at ingest."
+    )
+    received_at: datetime
+    size: int
+    payload: JSON = strawberry_django.field(description="The JSON object received.")
+    logs: list[DeliveryLog] = strawberry_django.field(
+        description="One delivery per destination that was active when the event arrived."
+    )
+
+
+# --- Pagination ------------------------------------------------------------------------------
+
+
+@strawberry.type(name="LogEdge")
+class LogEdge(relay.Edge[DeliveryLog]):  # type: ignore[type-var]
+    pass
+
+
+@strawberry.type(name="LogConnection", description="A page of delivery logs.")
+class LogConnection(relay.Connection[DeliveryLog]):  # type: ignore[type-var]
+    edges: list[LogEdge] = strawberry.field(  # type: ignore[assignment]
+        description="The logs of this page, in the requested order."
+    )
+    total_count_qs: strawberry.Private[QuerySet[models.DeliveryLog] | None] = None
+
+    @strawberry.field(description="How many logs match the filters, across all pages.")
+    def total_count(self) -> int:
+        assert self.total_count_qs is not None
+        count: int = django_resolver(self.total_count_qs.count)()  # type: ignore[assignment]
+        return count
+
+
+@strawberry.type
+class LogsRetryResult:
+    count: int = strawberry.field(description="How many failed logs were queued again.")
+
+
+# --- Filters ---------------------------------------------------------------------------------
+
+
+@strawberry.input(description="A time range; both ends are inclusive and optional.")
+class DateTimeRange:
+    gte: datetime | None = None
+    lte: datetime | None = None
+
+
+@strawberry.input(description="Narrow a list of destinations; every given field must match.")
+class DestinationFilter:
+    account_id: strawberry.ID | None = None
+    http_method: HttpMethod | None = None  # type: ignore[valid-type]
+    is_active: bool | None = None
+    url_contains: str | None = strawberry.field(
+        default=None, description="Case-insensitive substring of the URL."
+    )
+
+
+@strawberry.input(
+    description="Narrow delivery logs; every given field must match. Filters only narrow what "
+    "you may see: a foreign accountId matches nothing."
+)
+class LogFilter:
+    account_id: strawberry.ID | None = None
+    destination_id: strawberry.ID | None = None
+    status: list[LogStatus] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Any of these statuses (null or empty: any status)."
+    )
+    event_id: str | None = strawberry.field(default=None, description="The event's CL-X-EVENT-ID.")
+    received_timestamp: DateTimeRange | None = None
+    processed_timestamp: DateTimeRange | None = None
+    status_code: int | None = strawberry.field(
+        default=None, description="HTTP status of the latest try."
+    )
+
+
+def destination_filters(f: DestinationFilter | None) -> selectors.DestinationFilters:
+    if f is None:
+        return selectors.DestinationFilters()
+    return selectors.DestinationFilters(
+        account_id=None if f.account_id is None else str(f.account_id),
+        http_method=None if f.http_method is None else str(f.http_method),
+        is_active=f.is_active,
+        url_contains=f.url_contains,
+    )
+
+
+def log_filters(f: LogFilter | None) -> selectors.LogFilters:
+    if f is None:
+        return selectors.LogFilters()
+    received = f.received_timestamp or DateTimeRange()
+    processed = f.processed_timestamp or DateTimeRange()
+    return selectors.LogFilters(
+        account_id=None if f.account_id is None else str(f.account_id),
+        destination_id=None if f.destination_id is None else str(f.destination_id),
+        statuses=[str(s) for s in f.status] if f.status else None,
+        event_id=f.event_id,
+        received_gte=received.gte,
+        received_lte=received.lte,
+        processed_gte=processed.gte,
+        processed_lte=processed.lte,
+        status_code=f.status_code,
+    )
