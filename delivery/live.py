@@ -50,7 +50,7 @@ def log_message(log: DeliveryLog) -> dict[str, Any]:
         "account_id": str(log.account_id),
         "destination_id": log.destination_id,
         "event_id": log.event_id,
-        "status": log.status,
+        "status": str(log.status),
         "attempt_count": log.attempt_count,
         "updated_at": log.updated_at.isoformat() if log.updated_at else None,
     }

@@ -156,8 +156,8 @@ def user_update(
     current_token: str | None = None,
 ) -> User:
     """Update a user. Users change their own name, email and password (a password change
-    needs `current_password` and revokes the user's other tokens); an admin of an account the user belongs to may change only
-    role-free profile fields (the name).
+    needs `current_password` and revokes the user's other tokens); an admin of an account the
+    user belongs to may change only role-free profile fields (the name).
 
     Raises NotFound (user not visible), Forbidden, ValidationError.
     """

@@ -33,6 +33,16 @@ class LiveConsumer(GraphQLWSConsumer):
             connection_init_wait_timeout=timedelta(seconds=10),
         )
 
+    async def connect(self) -> None:
+        if GRAPHQL_TRANSPORT_WS_PROTOCOL not in self.scope.get("subprotocols", []):
+            await self.close()  # before accept: the handshake is refused (HTTP 403)
+            return
+        await super().connect()
+
+    async def disconnect(self, code: int) -> None:
+        if self.run_task is not None:
+            await super().disconnect(code)
+
     async def on_ws_connect(self, context: Any) -> UnsetType | dict[str, object] | None:
         params = context.get("connection_params") or {}
         raw = params.get("authToken") if isinstance(params, dict) else None

@@ -28,8 +28,11 @@ HUEY.immediate = True
 if REDIS_URL:
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{TEST_RUN_ID}:asgi"  # type: ignore[index]
 
-DATABASES["default"]["TEST"] = (  # noqa: F405
-    {"NAME": str(BASE_DIR / f"test-{TEST_RUN_ID}.sqlite3")}
-    if DATABASES["default"]["ENGINE"].endswith("sqlite3")  # noqa: F405
-    else {}
-)
+# A test database of its own per run, so concurrent runs on one server never collide.
+DATABASES["default"]["TEST"] = {  # noqa: F405
+    "NAME": (
+        str(BASE_DIR / f"test-{TEST_RUN_ID}.sqlite3")
+        if DATABASES["default"]["ENGINE"].endswith("sqlite3")  # noqa: F405
+        else f"test_datapusher_{TEST_RUN_ID}"
+    )
+}

@@ -10,9 +10,11 @@ from typing import Any
 from channels.routing import get_default_application
 from daphne.endpoints import build_endpoint_description_strings
 from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from huey.contrib.djhuey import HUEY
+from twisted.internet import reactor
 
 
 class Command(BaseCommand):
@@ -36,19 +38,29 @@ class Command(BaseCommand):
             f"Data Pusher on {base}\n"
             f"  GraphQL API      {base}/graphql/"
             + (" (GraphiQL in a browser)" if settings.DEBUG else "")
-            + f"\n  Queue consumer   {workers} threads on {type(HUEY).__name__}\n"
-            "Stop with Ctrl-C or SIGTERM (in-flight deliveries finish first)."
+            + f"\n  GraphQL WS       ws://{host}:{port}/graphql/ (graphql-transport-ws)\n"
+            f"  Incoming data    POST {base}/server/incoming_data/\n"
+            f"  Queue consumer   {workers} threads on {type(HUEY).__name__}\n"
+            "Stop with Ctrl-C or SIGTERM: open WebSockets get close code 1001, in-flight "
+            "deliveries finish first."
         )
         self.stdout.flush()
+        server = Server(
+            application=get_default_application(),
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            signal_handlers=True,  # SIGINT/SIGTERM stop the reactor
+            verbosity=0,
+        )
+        reactor.addSystemEventTrigger("before", "shutdown", _close_websockets, server)  # type: ignore[arg-type]
         try:
-            # Twisted installs its own SIGINT/SIGTERM handlers: they stop the reactor, then
-            # the consumer is stopped gracefully below.
-            Server(
-                application=get_default_application(),
-                endpoints=build_endpoint_description_strings(host=host, port=port),
-                signal_handlers=True,
-                verbosity=0,
-            ).run()
+            server.run()
         finally:
             consumer.stop(graceful=True)
             self.stdout.write("Stopped.")
+
+
+def _close_websockets(server: Server) -> None:
+    """Tell WebSocket clients we are going away (1001) instead of dropping them."""
+    for protocol in list(server.connections):
+        if isinstance(protocol, WebSocketProtocol):
+            protocol.serverClose(code=1001)

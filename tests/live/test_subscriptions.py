@@ -1,0 +1,211 @@
+"""logUpdates through the real ASGI application (channels' communicator) with the configured
+channel layer: in-memory on embedded defaults, Redis in the services run."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from delivery import services
+from delivery.models import DeliveryLog, Destination
+from identity.models import Membership
+from tests.conftest import Persona
+from tests.live.conftest import connect, wait_subscribed
+from tests.sink import Sink, start_sink
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SUBSCRIPTION = """
+subscription ($accountId: ID, $filters: LogUpdateFilter, $since: DateTime) {
+  logUpdates(accountId: $accountId, filters: $filters, since: $since) {
+    id status attemptCount eventId destination { id }
+  }
+}"""
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    sink = start_sink()
+    yield sink
+    sink.server.shutdown()
+
+
+@pytest.fixture
+def destinations(admin: Persona, sink: Sink) -> list[Destination]:
+    return [
+        services.destination_create(
+            actor=admin.user,
+            account_id=admin.user.memberships.get().account_id,
+            url=f"{sink.url}/{name}",
+            http_method="POST",
+        )
+        for name in ("a", "b")
+    ]
+
+
+def ingest(account_id: Any, event_id: str | None = None) -> Any:
+    return services.event_ingest(account_id=account_id, event_id=event_id, payload={"n": 1}, size=8)
+
+
+async def collect(client: Any, count: int) -> list[tuple[str, str]]:
+    """(log id, status) of the next `count` updates."""
+    updates = []
+    for _ in range(count):
+        data = await client.next_data()
+        updates.append((data["logUpdates"]["id"], data["logUpdates"]["status"].lower()))
+    return updates
+
+
+async def test_valid_token_in_connection_init_is_acknowledged(admin: Persona) -> None:
+    client, connected, subprotocol = await connect()
+    assert connected
+    assert subprotocol == "graphql-transport-ws"
+    assert await client.init(admin.token) == {"type": "connection_ack"}
+    await client.close()
+
+
+@pytest.mark.parametrize("token", [None, "", "dpu_not-a-real-token"])
+async def test_bad_token_closes_with_4403(db: None, token: str | None) -> None:
+    client, connected, _ = await connect()
+    assert connected
+    await client.send({"type": "connection_init", "payload": {"authToken": token}})
+    closed = await client.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    await client.close()
+
+
+async def test_expired_token_closes_with_4403(admin: Persona) -> None:
+    from identity.models import AuthToken
+
+    await AuthToken.objects.filter(user=admin.user).aupdate(expires_at=timezone.now())
+    client, _, _ = await connect()
+    await client.send({"type": "connection_init", "payload": {"authToken": admin.token}})
+    closed = await client.communicator.receive_output(timeout=5)
+    assert closed["code"] == 4403
+    await client.close()
+
+
+async def test_authorization_header_on_upgrade_authenticates(admin: Persona) -> None:
+    client, _, _ = await connect(headers=[(b"authorization", f"Bearer {admin.token}".encode())])
+    await client.send({"type": "connection_init", "payload": {}})
+    assert await client.receive() == {"type": "connection_ack"}
+    await client.close()
+
+
+async def test_legacy_graphql_ws_subprotocol_is_refused(db: None) -> None:
+    _, connected, _ = await connect(protocol="graphql-ws")
+    assert not connected
+
+
+async def test_member_receives_queued_sending_success_per_log_in_order(
+    ws_clients: Any,
+    admin: Persona,
+    normal_user: Persona,
+    destinations: list[Destination],
+    sink: Sink,
+) -> None:
+    account_id = str(destinations[0].account_id)
+    clients = {}
+    for persona in (admin, normal_user):
+        clients[persona.name] = client = await ws_clients()
+        assert await client.init(persona.token) == {"type": "connection_ack"}
+        await client.subscribe(SUBSCRIPTION, {"accountId": account_id})
+    await wait_subscribed(account_id, 2)
+
+    await sync_to_async(ingest)(destinations[0].account_id, "evt-1")
+
+    log_ids = sorted([str(pk) async for pk in DeliveryLog.objects.values_list("pk", flat=True)])
+    for client in clients.values():
+        updates = await collect(client, 6)
+        for log_id in log_ids:
+            assert [s for i, s in updates if i == log_id] == ["queued", "sending", "success"]
+        assert await client.nothing_pending()
+    assert len(sink.received()) == 2
+
+
+async def test_outsider_cannot_subscribe_to_foreign_account_and_receives_nothing(
+    ws_clients: Any, outsider: Persona, destinations: list[Destination]
+) -> None:
+    client = await ws_clients()
+    await client.init(outsider.token)
+    foreign = await client.subscribe(SUBSCRIPTION, {"accountId": str(destinations[0].account_id)})
+    message = await client.receive()
+    assert message["id"] == foreign
+    assert message["type"] == "next"
+    assert message["payload"]["errors"][0]["extensions"]["code"] == "not_found"
+    assert (await client.receive())["type"] == "complete"
+
+    await client.subscribe(SUBSCRIPTION)  # all of the outsider's own accounts
+    await wait_subscribed(
+        await outsider.user.memberships.values_list("account_id", flat=True).aget()
+    )
+    await sync_to_async(ingest)(destinations[0].account_id)
+    assert await client.nothing_pending()
+
+
+async def test_status_filter_passes_only_matching_changes(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(SUBSCRIPTION, {"filters": {"status": ["SUCCESS"]}})
+    await wait_subscribed(destinations[0].account_id)
+    await sync_to_async(ingest)(destinations[0].account_id)
+    updates = await collect(client, 2)
+    assert sorted(status for _, status in updates) == ["success", "success"]
+    assert await client.nothing_pending()
+
+
+async def test_destination_filter_passes_only_that_destination(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(SUBSCRIPTION, {"filters": {"destination": str(destinations[1].pk)}})
+    await wait_subscribed(destinations[0].account_id)
+    await sync_to_async(ingest)(destinations[0].account_id)
+    data = [await client.next_data() for _ in range(3)]
+    assert {d["logUpdates"]["destination"]["id"] for d in data} == {str(destinations[1].pk)}
+    assert await client.nothing_pending()
+
+
+async def test_membership_removal_stops_the_stream(
+    ws_clients: Any,
+    admin: Persona,
+    normal_user: Persona,
+    destinations: list[Destination],
+    settings: Any,
+) -> None:
+    settings.LIVE_RECHECK_SECONDS = 0
+    client = await ws_clients()
+    await client.init(normal_user.token)
+    op_id = await client.subscribe(SUBSCRIPTION, {"accountId": str(destinations[0].account_id)})
+    await wait_subscribed(destinations[0].account_id)
+    await sync_to_async(ingest)(destinations[0].account_id)
+    assert len(await collect(client, 6)) == 6
+
+    await Membership.objects.filter(user=normal_user.user).adelete()
+    await sync_to_async(ingest)(destinations[0].account_id)
+    assert await client.receive() == {"id": op_id, "type": "complete"}
+    assert await client.nothing_pending()
+
+
+async def test_since_replays_missed_changes_then_live_without_duplicates(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    before = timezone.now()
+    await sync_to_async(ingest)(destinations[0].account_id, "missed")
+    missed = sorted([str(pk) async for pk in DeliveryLog.objects.values_list("pk", flat=True)])
+
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(SUBSCRIPTION, {"since": before.isoformat()})
+    replay = await collect(client, 2)
+    assert sorted(replay) == [(log_id, "success") for log_id in missed]
+
+    await sync_to_async(ingest)(destinations[0].account_id, "live")
+    live = await collect(client, 6)
+    assert {log_id for log_id, _ in live}.isdisjoint(missed)
+    assert await client.nothing_pending()
