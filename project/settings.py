@@ -107,7 +107,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # socket_timeout above the layer's 5 s blocking read (STACK.md trap 1).
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}]},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
+            },
         }
     }
     HUEY = PriorityRedisHuey(

@@ -11,10 +11,11 @@ os.environ.setdefault("DELIVERY_ALLOW_PRIVATE_NETWORKS", "1")
 os.environ.setdefault("TEST_RUN_ID", f"t{os.getpid()}")
 os.environ.setdefault("CACHE_KEY_PREFIX", os.environ["TEST_RUN_ID"])
 os.environ.setdefault("HUEY_NAME", os.environ["TEST_RUN_ID"])
+os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"{os.environ['TEST_RUN_ID']}:asgi")
 os.environ.setdefault("HUEY_SQLITE_PATH", f"/tmp/dp-huey-{os.environ['TEST_RUN_ID']}.sqlite3")
 
 from project.settings import *  # noqa: F403
-from project.settings import BASE_DIR, CHANNEL_LAYERS, HUEY, REDIS_URL
+from project.settings import BASE_DIR, HUEY
 
 TEST_RUN_ID = os.environ["TEST_RUN_ID"]
 
@@ -24,9 +25,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Unit tests run tasks inline; integration tests start real `run_huey` processes, which use
 # project.settings and the shared queue.
 HUEY.immediate = True
-
-if REDIS_URL:
-    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{TEST_RUN_ID}:asgi"  # type: ignore[index]
 
 # A test database of its own per run, so concurrent runs on one server never collide.
 DATABASES["default"]["TEST"] = {  # noqa: F405
