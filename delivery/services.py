@@ -320,7 +320,8 @@ def retry_delay(attempt_in_round: int, retry_after: float | None = None) -> floa
 def log_deliver(*, log_id: int) -> str | None:
     """Send one log once, if it is due and nobody else holds it. Returns the final status of
     this try, or None when the log was not claimable (already done, held, or not yet due) —
-    so running the task twice never sends twice.
+    so running the task twice never sends twice — or when the send outlived its lease and the
+    sweeper handed the log to another try (whose result stands).
 
     Commits: the claim (`sending`), then the attempt row with the new status together.
     Publishes both changes; enqueues the next try when the result is `retrying`."""
@@ -363,11 +364,38 @@ def _finish(
     *,
     delay: float | None = None,
     error: str = "",
-) -> str:
+) -> str | None:
     now = timezone.now()
+    lease = log.next_attempt_at  # set by our claim: if it changed, the claim is no longer ours
     with transaction.atomic():
         if outcome is not None:
             log.attempt_count += 1
+            error = outcome.error_message
+        log.status = status
+        log.last_error = error
+        log.processed_timestamp = now
+        log.next_attempt_at = now + timedelta(seconds=delay) if delay is not None else None
+        log.updated_at = now
+        if outcome is not None:
+            log.last_status_code = outcome.status_code
+        fields = [
+            "status",
+            "attempt_count",
+            "last_status_code",
+            "last_error",
+            "processed_timestamp",
+            "next_attempt_at",
+            "updated_at",
+        ]
+        held = DeliveryLog.objects.filter(
+            pk=log.pk, status=LogStatus.SENDING, next_attempt_at=lease
+        ).update(**{name: getattr(log, name) for name in fields})
+        if not held:
+            # The lease ran out while we were sending: the sweeper gave the log to another try,
+            # which owns its state and attempt numbers now.
+            logger.warning("Log %s outlived its lease; its %s try is not recorded", log.pk, status)
+            return None
+        if outcome is not None:
             DeliveryAttempt.objects.create(
                 log=log,
                 number=log.attempt_count,
@@ -379,24 +407,6 @@ def _finish(
                 error_class=outcome.error_class,
                 error_message=outcome.error_message,
             )
-            log.last_status_code = outcome.status_code
-            error = outcome.error_message
-        log.status = status
-        log.last_error = error
-        log.processed_timestamp = now
-        log.next_attempt_at = now + timedelta(seconds=delay) if delay is not None else None
-        log.updated_at = now
-        log.save(
-            update_fields=[
-                "status",
-                "attempt_count",
-                "last_status_code",
-                "last_error",
-                "processed_timestamp",
-                "next_attempt_at",
-                "updated_at",
-            ]
-        )
         transaction.on_commit(
             lambda: (
                 _dispatch([log], eta=log.next_attempt_at)
@@ -483,8 +493,11 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
         )[:limit]
     )
     if stale:
+        # Due at once — also when `now` is ahead of the clock — so the task enqueued below can
+        # claim them (log_deliver compares with the real time).
+        due = min(now, timezone.now())
         DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.SENDING).update(
-            status=LogStatus.RETRYING, next_attempt_at=now, updated_at=now
+            status=LogStatus.RETRYING, next_attempt_at=due, updated_at=now
         )
         live.publish(DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.RETRYING))
     overdue = list(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 from django.conf import settings
@@ -58,10 +58,15 @@ class BlockedAddress(OSError):
 
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 carried inside IPv6 (::ffff:a.b.c.d, 6to4 2002:a.b.c.d::) is judged as IPv4.
+        embedded = ip.ipv4_mapped if ip.ipv4_mapped is not None else ip.sixtofour
+        ip = embedded if embedded is not None else ip
     return not (
-        ip.is_private
+        # not is_global: also the shared address space 100.64.0.0/10, which is neither
+        # private nor global (cloud metadata services live there, e.g. 100.100.100.200).
+        not ip.is_global
+        or ip.is_private
         or ip.is_loopback
         or ip.is_link_local
         or ip.is_multicast
@@ -71,11 +76,12 @@ def is_public_address(address: str) -> bool:
 
 
 def check_host(host: str, port: int) -> None:
-    """Raise BlockedAddress unless every address `host` resolves to is public."""
+    """Raise BlockedAddress unless every address `host` resolves to is public; a name that
+    does not resolve raises requests.ConnectionError (transient, like any connection error)."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as error:
-        raise BlockedAddress(f"Cannot resolve {host}: {error.strerror}") from None
+        raise requests.ConnectionError(f"Cannot resolve {host}: {error.strerror}") from None
     for info in infos:
         address = str(info[4][0])
         if not is_public_address(address):
@@ -210,9 +216,11 @@ def send(
         return Outcome(Kind.PERMANENT, 0, error_class="InvalidURL", error_message="Not http(s).")
     timestamp = int(time.time())
     if method == "GET":
-        signed = query_string(payload)
+        # What is signed is the whole query string the receiver gets: the URL's own
+        # parameters, then the payload's.
+        signed = "&".join(q for q in (parts.query, query_string(payload)) if q)
         body = None
-        url = f"{url}{'&' if parts.query else '?'}{signed}" if signed else url
+        url = urlunsplit(parts._replace(query=signed))
     else:
         signed = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         body = signed.encode()
