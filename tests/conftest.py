@@ -140,3 +140,91 @@ def error_codes(body: dict[str, Any]) -> list[str]:
 def payload_codes(payload: dict[str, Any]) -> list[str]:
     """The codes of an OperationInfo payload (empty when the mutation succeeded)."""
     return [message["code"] for message in payload.get("messages", [])]
+
+
+# --- Delivery: app secret, sink, queue, real processes ----------------------------------------
+
+from tests.processes import Process, Processes  # noqa: E402
+from tests.sink import Sink, start_sink  # noqa: E402
+
+
+@pytest.fixture
+def app_secret(account: Account) -> str:
+    """A fresh raw app secret of `account`: the CL-X-TOKEN of incoming_data."""
+    from identity import secrets
+
+    raw = secrets.new_secret(secrets.APP_SECRET_PREFIX)
+    account.secret_hash = secrets.digest(raw)
+    account.secret_prefix = secrets.visible_part(raw)
+    account.save(update_fields=["secret_hash", "secret_prefix"])
+    return raw
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A real HTTP server on loopback that records what it receives (tests/sink.py)."""
+    server = start_sink()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def enqueued() -> Iterator[list[Any]]:
+    """Every Huey task enqueued (or scheduled) during the test, in order."""
+    from huey.contrib.djhuey import HUEY
+    from huey.signals import SIGNAL_ENQUEUED
+
+    tasks: list[Any] = []
+
+    def record(signal: str, task: Any, *args: Any, **kwargs: Any) -> None:
+        tasks.append(task)
+
+    HUEY.signal(SIGNAL_ENQUEUED)(record)
+    yield tasks
+    HUEY.disconnect_signal(record, SIGNAL_ENQUEUED)
+
+
+@pytest.fixture
+def real_queue() -> Iterator[Any]:
+    """Huey with its real storage (SQLite file or Redis, shared with child processes) instead
+    of immediate mode, emptied before and after the test."""
+    from huey.contrib.djhuey import HUEY
+
+    previous = HUEY.immediate
+    HUEY.immediate = False
+    HUEY.flush()
+    try:
+        yield HUEY
+    finally:
+        HUEY.flush()
+        HUEY.immediate = previous
+
+
+@pytest.fixture
+def processes(transactional_db: None, real_queue: Any) -> Iterator[Processes]:
+    """Start real servers and workers (tests/processes.py); all are stopped after the test and
+    their output is printed (pytest shows it when the test failed)."""
+    group = Processes()
+    yield group
+    group.close()
+
+
+@dataclass
+class Service:
+    """A running Data Pusher: its base URL, server process and separate worker (if any)."""
+
+    url: str
+    server: Process
+    worker: Process | None
+
+
+@pytest.fixture
+def service(processes: Processes) -> Service:
+    """The service as it is deployed in this run: daphne + `run_huey` when REDIS_URL is set,
+    else `manage.py serve` alone (ASGI server and queue consumer in one process)."""
+    if settings.REDIS_URL:
+        server = processes.server("daphne", wait=False)
+        worker = processes.worker(wait=False)
+        return Service(server.url, server.wait_ready(), worker.wait_ready())
+    server = processes.server("serve")
+    return Service(server.url, server, None)

@@ -1,0 +1,186 @@
+"""POST /server/incoming_data/ refusals: one test per error, each with the exact JSON body and
+status, and proof that nothing was stored, scheduled after commit, or enqueued."""
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+
+from delivery.models import DeliveryLog, Event
+from identity import services as identity_services
+from identity.models import Account, User
+from identity.selectors import account_id_for_app_secret
+from tests.delivery.conftest import INCOMING, Poster, sink_destination
+from tests.sink import Sink
+
+VALID = json.dumps({"order": 1})
+
+Capture = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"success": False, "code": code, "message": message}
+
+
+@pytest.fixture
+def destinations(account: Account, sink: Sink) -> None:
+    """Two active destinations: an accepted event would create two logs and two tasks."""
+    sink_destination(account, sink, "/a")
+    sink_destination(account, sink, "/b", http_method="GET")
+
+
+@pytest.fixture
+def nothing_written(
+    destinations: None,
+    django_capture_on_commit_callbacks: Capture,
+    enqueued: list[Any],
+    sink: Sink,
+) -> Callable[[], AbstractContextManager[None]]:
+    """A context around one refused request: afterwards no event, no log, no on-commit
+    callback, no task and no request at any destination."""
+
+    @contextmanager
+    def check() -> Iterator[None]:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            yield
+        assert Event.objects.count() == 0
+        assert DeliveryLog.objects.count() == 0
+        assert callbacks == []
+        assert enqueued == []
+        assert sink.received() == []
+
+    return check
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("not json", id="not-json"),
+        pytest.param('{"order": 1', id="truncated-json"),
+        pytest.param(b"\xff\xfe{}", id="not-utf8"),
+        pytest.param("", id="empty"),
+        pytest.param("[1, 2]", id="json-array"),
+        pytest.param('"hello"', id="json-string"),
+        pytest.param("42", id="json-number"),
+        pytest.param("null", id="json-null"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_invalid_data(
+    post_incoming: Poster, app_secret: str, nothing_written: Any, body: str | bytes
+) -> None:
+    with nothing_written():
+        response = post_incoming(body, token=app_secret)
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == error("invalid_data", "Invalid Data")
+
+
+@pytest.mark.parametrize("event_id", ["x" * 256, ""], ids=["256-chars", "empty"])
+def test_event_id_outside_1_to_255_characters_is_invalid(
+    post_incoming: Poster, app_secret: str, nothing_written: Any, event_id: str
+) -> None:
+    with nothing_written():
+        response = post_incoming(VALID, token=app_secret, event_id=event_id)
+    assert response.status_code == 400
+    assert response.json() == error(
+        "invalid_event_id", "CL-X-EVENT-ID must be 1 to 255 characters."
+    )
+
+
+def test_missing_token_is_unauthenticated(post_incoming: Poster, nothing_written: Any) -> None:
+    with nothing_written():
+        response = post_incoming(VALID)
+    assert response.status_code == 401
+    assert response.json() == error("unauthenticated", "Missing or invalid CL-X-TOKEN.")
+
+
+def test_wrong_token_is_unauthenticated(
+    post_incoming: Poster, app_secret: str, nothing_written: Any
+) -> None:
+    with nothing_written():
+        response = post_incoming(VALID, token=app_secret + "x")
+    assert response.status_code == 401
+    assert response.json() == error("unauthenticated", "Missing or invalid CL-X-TOKEN.")
+
+
+def test_rotated_away_secret_is_unauthenticated_at_once(
+    post_incoming: Poster,
+    account: Account,
+    admin_user: User,
+    app_secret: str,
+    nothing_written: Any,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    assert account_id_for_app_secret(app_secret) == account.pk  # now cached
+    with django_capture_on_commit_callbacks(execute=True):
+        identity_services.account_rotate_secret(actor=admin_user, account_id=account.pk)
+    with nothing_written():
+        response = post_incoming(VALID, token=app_secret)
+    assert response.status_code == 401
+    assert response.json() == error("unauthenticated", "Missing or invalid CL-X-TOKEN.")
+
+
+def test_get_is_method_not_allowed(app_secret: str, nothing_written: Any) -> None:
+    with nothing_written():
+        response = Client().get(INCOMING, headers={"CL-X-TOKEN": app_secret})
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert response.json() == error("method_not_allowed", "Use POST.")
+
+
+@override_settings(INCOMING_MAX_BODY_BYTES=32)
+def test_body_over_the_limit_is_payload_too_large(
+    post_incoming: Poster, app_secret: str, nothing_written: Any
+) -> None:
+    body = json.dumps({"text": "x" * 30})
+    assert len(body) == 42
+    with nothing_written():
+        response = post_incoming(body, token=app_secret)
+    assert response.status_code == 413
+    assert response.json() == error("payload_too_large", "Body larger than 32 bytes.")
+
+
+@override_settings(INCOMING_MAX_BODY_BYTES=32)
+def test_body_at_the_limit_is_accepted(post_incoming: Poster, app_secret: str) -> None:
+    body = json.dumps({"text": "x" * 20})
+    assert len(body) == 32
+    assert post_incoming(body, token=app_secret).status_code == 202
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_other_content_type_is_unsupported_media_type(
+    post_incoming: Poster, app_secret: str, nothing_written: Any, content_type: str
+) -> None:
+    with nothing_written():
+        response = post_incoming(VALID, token=app_secret, content_type=content_type)
+    assert response.status_code == 415
+    assert response.json() == error(
+        "unsupported_media_type", "Content-Type must be application/json."
+    )
+
+
+@override_settings(INCOMING_RATE_LIMIT=2)
+def test_requests_over_the_rate_limit_are_refused_with_retry_after(
+    post_incoming: Poster,
+    app_secret: str,
+    destinations: None,
+    django_capture_on_commit_callbacks: Capture,
+    enqueued: list[Any],
+) -> None:
+    # The window is one second: a boundary may fall between requests, so send until refused
+    # and check that the refused request changed nothing.
+    for _ in range(10):
+        before = (Event.objects.count(), DeliveryLog.objects.count(), len(enqueued))
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            response = post_incoming(VALID, token=app_secret)
+        if response.status_code != 202:
+            break
+    assert response.status_code == 429
+    assert response["Retry-After"] == "1"
+    assert response.json() == error("rate_limited", "Rate limit exceeded.")
+    assert before[0] >= 2
+    assert (Event.objects.count(), DeliveryLog.objects.count(), len(enqueued)) == before
+    assert callbacks == []
