@@ -1,7 +1,12 @@
 """Plain factory functions: explicit, typed, no magic."""
 
 import itertools
+from datetime import datetime
 
+from django.utils import timezone
+
+from delivery.models import DeliveryAttempt, DeliveryLog, Destination, Event
+from delivery.transport import new_signing_secret
 from identity import secrets
 from identity.models import Account, Membership, Role, User
 
@@ -34,11 +39,6 @@ def add_member(account: Account, user: User, role: str = Role.NORMAL_USER) -> Me
 
 # --- Delivery -------------------------------------------------------------------------------
 # (imported here to keep this section self-contained)
-from datetime import datetime  # noqa: E402
-
-from django.utils import timezone  # noqa: E402
-
-from delivery.models import DeliveryAttempt, DeliveryLog, Destination, Event  # noqa: E402
 
 
 def make_destination(
@@ -57,7 +57,7 @@ def make_destination(
         http_method=http_method,
         headers=headers or {},
         is_active=is_active,
-        signing_secret=f"whsec_test{n}",
+        signing_secret=new_signing_secret(),
     )
 
 

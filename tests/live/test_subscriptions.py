@@ -1,7 +1,6 @@
 """logUpdates through the real ASGI application (channels' communicator) with the configured
 channel layer: in-memory on embedded defaults, Redis in the services run."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from delivery.models import DeliveryLog, Destination
 from identity.models import Membership
 from tests.conftest import Persona
 from tests.live.conftest import connect, wait_subscribed
-from tests.sink import Sink, start_sink
+from tests.sink import Sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,13 +22,6 @@ subscription ($accountId: ID, $filters: LogUpdateFilter, $since: DateTime) {
     id status attemptCount eventId destination { id }
   }
 }"""
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    sink = start_sink()
-    yield sink
-    sink.server.shutdown()
 
 
 @pytest.fixture

@@ -1,0 +1,164 @@
+"""Live status across real processes, through a real GraphQL-over-WebSocket client (`gql`).
+
+Services run: two daphne processes and a `run_huey` worker on Redis; a subscriber on each
+daphne sees every change made by the other daphne (ingest) and by the worker (delivery).
+Embedded run: `manage.py serve` alone (in-memory channel layer), the same client."""
+
+import asyncio
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from gql import Client, GraphQLRequest
+from gql.transport.websockets import WebsocketsTransport
+
+from delivery.models import DeliveryLog, Destination
+from delivery.transport import new_signing_secret
+from identity.auth import token_issue
+from tests.factories import make_account, make_user
+from tests.live.conftest import wait_subscribed
+from tests.processes import Processes
+from tests.sink import Sink
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+SUBSCRIPTION = """
+subscription ($accountId: ID) {
+  logUpdates(accountId: $accountId) { id eventId status }
+}"""
+TERMINAL = {"SUCCESS", "FAILED"}
+needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (services run)")
+
+
+def client(server_url: str, token: str) -> Client:
+    transport = WebsocketsTransport(
+        url=server_url.replace("http://", "ws://") + "/graphql/",
+        init_payload={"authToken": token},
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+    )
+    return Client(transport=transport)
+
+
+Seen = dict[str, list[str]]  # statuses per log id, in arrival order
+
+
+async def watch(
+    server_url: str, token: str, account_id: str, seen: Seen, *, event_id: str, logs: int = 2
+) -> None:
+    """Record every update into `seen` until `logs` logs of `event_id` reached a final status."""
+    async with client(server_url, token) as session:
+        request = GraphQLRequest(SUBSCRIPTION, variable_values={"accountId": account_id})
+        done: set[str] = set()
+        async for result in session.subscribe(request):
+            update = result["logUpdates"]
+            seen.setdefault(update["id"], []).append(update["status"])
+            if update["eventId"] == event_id and update["status"] in TERMINAL:
+                done.add(update["id"])
+                if len(done) >= logs:
+                    return
+
+
+async def log_ids(event_id: str) -> set[str]:
+    return {
+        str(pk)
+        async for pk in DeliveryLog.objects.filter(event__event_id=event_id).values_list(
+            "pk", flat=True
+        )
+    }
+
+
+@pytest.fixture
+def tenant(sink: Sink) -> dict[str, Any]:
+    user = make_user()
+    account, secret = make_account(admin=user)
+    for method in ("GET", "POST"):
+        Destination.objects.create(
+            account=account,
+            url=f"{sink.url}/{method.lower()}",
+            http_method=method,
+            signing_secret=new_signing_secret(),
+        )
+    return {"account_id": str(account.pk), "secret": secret, "token": token_issue(user=user)}
+
+
+def post_event(server_url: str, secret: str, event_id: str) -> None:
+    response = requests.post(
+        f"{server_url}/server/incoming_data/",
+        json={"order": event_id},
+        headers={"CL-X-TOKEN": secret, "CL-X-EVENT-ID": event_id},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+
+
+@needs_redis
+async def test_subscribers_on_two_daphne_processes_see_every_change_in_order(
+    processes: Processes, tenant: dict[str, Any], sink: Sink
+) -> None:
+    servers = [processes.server("daphne", wait=False) for _ in range(2)]
+    processes.worker(wait=False)
+    for process in processes.started:
+        await asyncio.to_thread(process.wait_ready)
+    seen: list[Seen] = [{}, {}]
+    watchers = [
+        asyncio.create_task(
+            watch(s.url, tenant["token"], tenant["account_id"], seen[i], event_id="cross")
+        )
+        for i, s in enumerate(servers)
+    ]
+    await wait_subscribed(tenant["account_id"], 2, timeout=20)
+
+    await asyncio.to_thread(post_event, servers[0].url, tenant["secret"], "cross")
+
+    await asyncio.wait_for(asyncio.gather(*watchers), timeout=30)
+    expected = {key: ["QUEUED", "SENDING", "SUCCESS"] for key in await log_ids("cross")}
+    assert len(expected) == 2
+    assert seen == [expected, expected]
+    assert len(sink.received()) == 2
+
+
+@pytest.mark.skipif(bool(settings.REDIS_URL), reason="embedded run only (no REDIS_URL)")
+async def test_serve_alone_streams_every_change_to_a_real_client(
+    processes: Processes, tenant: dict[str, Any], sink: Sink
+) -> None:
+    server = await asyncio.to_thread(processes.server, "serve")
+    seen: Seen = {}
+    watcher = asyncio.create_task(
+        watch(server.url, tenant["token"], tenant["account_id"], seen, event_id="real")
+    )
+    # The server's in-memory layer cannot be inspected from here: post warm-up events until
+    # the subscriber sees one, then the event under test.
+    for n in range(100):
+        if seen:
+            break
+        await asyncio.to_thread(post_event, server.url, tenant["secret"], f"warm-{n}")
+        await asyncio.sleep(0.1)
+    assert seen, "the subscriber saw no warm-up event"
+
+    await asyncio.to_thread(post_event, server.url, tenant["secret"], "real")
+
+    await asyncio.wait_for(watcher, timeout=30)
+    real = await log_ids("real")
+    assert len(real) == 2
+    assert {i: seen[i] for i in real} == {key: ["QUEUED", "SENDING", "SUCCESS"] for key in real}
+
+
+@needs_redis
+async def test_idle_subscription_stays_open_for_30_seconds(
+    processes: Processes, tenant: dict[str, Any], sink: Sink
+) -> None:
+    server = await asyncio.to_thread(processes.server, "daphne")
+    await asyncio.to_thread(processes.worker)
+    seen: Seen = {}
+    watcher = asyncio.create_task(
+        watch(server.url, tenant["token"], tenant["account_id"], seen, event_id="after-idle")
+    )
+    await wait_subscribed(tenant["account_id"], 1, timeout=20)
+
+    done, _ = await asyncio.wait([watcher], timeout=30)
+    assert not done, watcher.exception()  # nothing closed or broke the idle stream
+
+    await asyncio.to_thread(post_event, server.url, tenant["secret"], "after-idle")
+    await asyncio.wait_for(watcher, timeout=30)
+    assert sorted(statuses[-1] for statuses in seen.values()) == ["SUCCESS", "SUCCESS"]
