@@ -7,6 +7,8 @@ database after a reconnect.
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db.models import Q
@@ -79,20 +81,43 @@ def publish(logs: Iterable[DeliveryLog]) -> None:
 
 
 def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
-    loop = _server_loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     if isinstance(layer, InMemoryChannelLayer):
+        loop = _server_loop
         if loop is None or loop.is_closed():
             return  # nobody in this process can be subscribed
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
         if running is loop:
             loop.create_task(layer.group_send(group, message))
         else:
             asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
         return
-    async_to_sync(layer.group_send)(group, message)
+    if running is not None:  # async caller: never block its loop
+        running.create_task(layer.group_send(group, message))
+        return
+    # Sync callers (views, tasks) share one long-lived loop, so the layer keeps one Redis
+    # connection pool; async_to_sync would make a new loop, and a new connection, per call.
+    # Waiting for the send keeps the changes of one log in order.
+    asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _publisher_loop()).result(
+        timeout=PUBLISH_TIMEOUT
+    )
+
+
+PUBLISH_TIMEOUT = 5.0
+_publisher: tuple[int, asyncio.AbstractEventLoop] | None = None
+_publisher_lock = threading.Lock()
+
+
+def _publisher_loop() -> asyncio.AbstractEventLoop:
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None or _publisher[0] != os.getpid() or _publisher[1].is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="live-publisher", daemon=True).start()
+            _publisher = (os.getpid(), loop)
+        return _publisher[1]
 
 
 # --- Subscriber side ------------------------------------------------------------------------

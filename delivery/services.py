@@ -500,13 +500,19 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             status=LogStatus.RETRYING, next_attempt_at=due, updated_at=now
         )
         live.publish(DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.RETRYING))
-    overdue = list(
-        DeliveryLog.objects.filter(
-            status__in=[LogStatus.QUEUED, LogStatus.RETRYING], next_attempt_at__lte=now - grace
+    with transaction.atomic():
+        # Skip rows another sweeper holds, and re-arm the ones taken: a backlog the workers
+        # are still working through is re-enqueued at most once per grace period, not on
+        # every sweep of every worker process.
+        overdue = list(
+            DeliveryLog.objects.select_for_update(skip_locked=True)
+            .filter(
+                status__in=[LogStatus.QUEUED, LogStatus.RETRYING], next_attempt_at__lte=now - grace
+            )
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
         )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+        DeliveryLog.objects.filter(pk__in=overdue).update(next_attempt_at=min(now, timezone.now()))
     ids = list(dict.fromkeys(stale + overdue))
     from delivery import tasks
 

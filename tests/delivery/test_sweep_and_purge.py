@@ -15,6 +15,7 @@ from delivery import services, tasks, transport
 from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import due_log, sink_destination
+from tests.factories import make_account, make_destination, make_event, make_log
 from tests.sink import Sink
 
 
@@ -181,3 +182,19 @@ def test_a_send_that_outlives_its_lease_leaves_the_log_to_the_new_owner(
     assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.SUCCESS, 1, 200)
     assert list(log.attempts.values_list("number", "status_code")) == [(1, 200)]
     assert [r.headers["webhook-id"] for r in sink.received()] == [log.webhook_id] * 2
+
+
+def test_a_second_sweep_does_not_re_enqueue_what_the_first_just_took(
+    db: None, enqueued: list[Any]
+) -> None:
+    account, _ = make_account()
+    destination = make_destination(account)
+    event = make_event(account)
+    log = make_log(event, destination, status="queued")
+    DeliveryLog.objects.filter(pk=log.pk).update(
+        next_attempt_at=timezone.now() - timedelta(hours=1)
+    )
+    with override_settings(DELIVERY_SWEEP_GRACE_SECONDS=60):
+        assert services.logs_sweep() == 1
+        assert services.logs_sweep() == 0
+    assert [task.args for task in enqueued] == [(log.pk,)]
