@@ -41,7 +41,8 @@ schema: $(STAMP)
 
 ## worker: a production queue worker (needs REDIS_URL)
 worker: $(STAMP)
-	$(PY) manage.py run_huey --workers $${WORKERS:-8} --worker-type thread
+	DATABASE_CONN_MAX_AGE=$${DATABASE_CONN_MAX_AGE:-60} $(PY) manage.py run_huey \
+		--workers $${WORKERS:-8} --worker-type thread --graceful-signal TERM --shutdown-timeout 30
 
 ## bench: run the benchmarks in bench/
 bench: $(STAMP)
