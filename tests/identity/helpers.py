@@ -4,6 +4,13 @@ exact OperationInfo payloads of the common refusals."""
 from typing import Any
 
 from identity.models import Account, AuthToken, Invitation, Membership, User
+from tests.expect import (  # noqa: F401  (re-exported for the tests)
+    PERMISSION_DENIED,
+    UNAUTHENTICATED,
+    invalid,
+    not_found,
+    operation_info,
+)
 
 # Selected on every mutation so that a refusal shows up as an exact payload.
 OPERATION_INFO = "... on OperationInfo { messages { kind code field message } }"
@@ -26,24 +33,3 @@ def db_state() -> dict[str, list[tuple[Any, ...]]]:
             )
         ),
     }
-
-
-def operation_info(kind: str, code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {
-        "__typename": "OperationInfo",
-        "messages": [{"kind": kind, "code": code, "field": field, "message": message}],
-    }
-
-
-def not_found(what: str) -> dict[str, Any]:
-    return operation_info("ERROR", "not_found", f"{what} not found.")
-
-
-def invalid(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return operation_info("VALIDATION", code, message, field)
-
-
-UNAUTHENTICATED = operation_info("PERMISSION", "unauthenticated", "Authentication required.")
-PERMISSION_DENIED = operation_info(
-    "PERMISSION", "permission_denied", "You do not have permission to do this."
-)

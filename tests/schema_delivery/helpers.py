@@ -4,6 +4,13 @@ the exact OperationInfo payloads of the common refusals."""
 from typing import Any
 
 from delivery.models import DeliveryAttempt, DeliveryLog, Destination, Event
+from tests.expect import (  # noqa: F401  (re-exported for the tests)
+    PERMISSION_DENIED,
+    UNAUTHENTICATED,
+    invalid,
+    not_found,
+    operation_info,
+)
 
 # Selected on every mutation so that a refusal shows up as an exact payload.
 OPERATION_INFO = "... on OperationInfo { messages { kind code field message } }"
@@ -17,24 +24,3 @@ def db_state() -> dict[str, list[tuple[Any, ...]]]:
         "logs": list(DeliveryLog.objects.order_by("pk").values_list()),
         "attempts": list(DeliveryAttempt.objects.order_by("pk").values_list()),
     }
-
-
-def operation_info(kind: str, code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {
-        "__typename": "OperationInfo",
-        "messages": [{"kind": kind, "code": code, "field": field, "message": message}],
-    }
-
-
-def not_found(what: str) -> dict[str, Any]:
-    return operation_info("ERROR", "not_found", f"{what} not found.")
-
-
-def invalid(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return operation_info("VALIDATION", code, message, field)
-
-
-UNAUTHENTICATED = operation_info("PERMISSION", "unauthenticated", "Authentication required.")
-PERMISSION_DENIED = operation_info(
-    "PERMISSION", "permission_denied", "You do not have permission to do this."
-)
