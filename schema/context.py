@@ -7,6 +7,7 @@ Over WebSocket the token comes from the `connection_init` payload (schema/consum
 
 from typing import Any
 
+import strawberry
 from django.contrib.auth.models import AnonymousUser
 from strawberry.types import Info
 
@@ -43,3 +44,8 @@ def client_address(info: Info[Any, Any]) -> str:
 
 def resolve_user(raw_token: str | None) -> User | AnonymousUser:
     return token_user(raw_token) or AnonymousUser()
+
+
+def given(value: Any) -> Any:
+    """An optional input field: UNSET and null both mean "leave as it is"."""
+    return None if value is strawberry.UNSET else value

@@ -20,6 +20,7 @@ from delivery import models, selectors, services
 from delivery.errors import DeliveryErrorCode
 from identity.errors import invalid
 from schema import context
+from schema.context import given
 from schema.delivery_types import (
     DeliveryLog,
     Destination,
@@ -75,11 +76,6 @@ class OrderDirection(Enum):
 class LogOrder:
     received_timestamp: OrderDirection | None = strawberry.UNSET
     processed_timestamp: OrderDirection | None = strawberry.UNSET
-
-
-def _given(value: Any) -> Any:
-    """UNSET and null both mean "leave as it is" for optional update fields."""
-    return None if value is strawberry.UNSET else value
 
 
 # --- Keyset pagination -----------------------------------------------------------------------
@@ -234,14 +230,14 @@ class DeliveryMutation:
     def destination_update(
         self, info: Info, id: strawberry.ID, input: DestinationUpdateInput
     ) -> Destination:
-        method = _given(input.http_method)
+        method = given(input.http_method)
         return services.destination_update(  # type: ignore[return-value]
             actor=context.actor(info),
             destination_id=id,
-            url=_given(input.url),
+            url=given(input.url),
             http_method=None if method is None else str(method),
-            headers=_given(input.headers),
-            is_active=_given(input.is_active),
+            headers=given(input.headers),
+            is_active=given(input.is_active),
         )
 
     @strawberry_django.mutation(

@@ -7,6 +7,7 @@ from strawberry.types import Info
 
 from identity import selectors, services
 from schema import context
+from schema.context import given
 from schema.types import (
     Account,
     AccountSecret,
@@ -78,11 +79,6 @@ class MemberUpdateInput:
     role: Role  # type: ignore[valid-type]
 
 
-def _given(value: object) -> object:
-    """UNSET and null both mean "leave as it is" for optional update fields."""
-    return None if value is strawberry.UNSET else value
-
-
 @strawberry.type
 class IdentityQuery:
     @strawberry_django.field(description="The calling user. Requires a token.")
@@ -93,8 +89,8 @@ class IdentityQuery:
         description="Users you may see: yourself, plus members of the accounts you administer."
     )
     def users(self, info: Info, filters: UserFilter | None = None) -> list[User]:
-        email = _given(filters.email) if filters else None
-        return selectors.user_list(actor=context.user(info), email=email)  # type: ignore[arg-type,return-value]
+        email = given(filters.email) if filters else None
+        return selectors.user_list(actor=context.user(info), email=email)  # type: ignore[return-value]
 
     @strawberry_django.field(description="Accounts you are a member of.")
     def accounts(self, info: Info) -> list[Account]:
@@ -149,10 +145,10 @@ class IdentityMutation:
         return services.user_update(  # type: ignore[return-value]
             actor=context.actor(info),
             user_id=id,
-            full_name=_given(input.full_name),  # type: ignore[arg-type]
-            email=_given(input.email),  # type: ignore[arg-type]
-            password=_given(input.password),  # type: ignore[arg-type]
-            current_password=_given(input.current_password),  # type: ignore[arg-type]
+            full_name=given(input.full_name),
+            email=given(input.email),
+            password=given(input.password),
+            current_password=given(input.current_password),
             current_token=context.token(info),
         )
 
@@ -170,8 +166,8 @@ class IdentityMutation:
         return services.account_update(  # type: ignore[return-value]
             actor=context.actor(info),
             account_id=id,
-            name=_given(input.name),  # type: ignore[arg-type]
-            website=_given(input.website),  # type: ignore[arg-type]
+            name=given(input.name),
+            website=given(input.website),
         )
 
     @strawberry_django.mutation(description="Delete an account and everything in it. ADMIN.")
