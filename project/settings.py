@@ -172,6 +172,8 @@ AUTH_TOKEN_TTL_DAYS = env_int("AUTH_TOKEN_TTL_DAYS", 14, minimum=1)
 LOGIN_FAILURES_PER_EMAIL = 5
 LOGIN_FAILURES_PER_ADDRESS = 30
 LOGIN_THROTTLE_WINDOW_SECONDS = 300
+# Reverse proxies in front of the API that append to X-Forwarded-For (0: trust none).
+NUM_PROXIES = env_int("NUM_PROXIES", 0)
 
 # --- GraphQL --------------------------------------------------------------------------------
 GRAPHQL_MAX_DEPTH = 10

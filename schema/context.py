@@ -8,6 +8,7 @@ Over WebSocket the token comes from the `connection_init` payload (schema/consum
 from typing import Any
 
 import strawberry
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from strawberry.types import Info
 
@@ -39,7 +40,15 @@ def token(info: Info[Any, Any]) -> str | None:
 
 
 def client_address(info: Info[Any, Any]) -> str:
-    return str(_request(info).META.get("REMOTE_ADDR", ""))
+    """The caller's address. Behind NUM_PROXIES reverse proxies it is the address the
+    outermost trusted proxy saw, taken from the right of X-Forwarded-For (entries further
+    left are whatever the client chose to send)."""
+    meta = _request(info).META
+    proxies = settings.NUM_PROXIES
+    forwarded = [a.strip() for a in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+    if proxies and forwarded:
+        return forwarded[-min(proxies, len(forwarded))]
+    return str(meta.get("REMOTE_ADDR", ""))
 
 
 def resolve_user(raw_token: str | None) -> User | AnonymousUser:

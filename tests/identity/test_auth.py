@@ -316,3 +316,25 @@ def test_throttle_window_ends(
     now[0] += 200  # the start of the next 300 s window
 
     assert _login(gql, "normal@example.com")["__typename"] == "AuthPayload"
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded", "expected"),
+    [
+        (0, "203.0.113.9", "127.0.0.1"),
+        (1, "198.51.100.1, 203.0.113.9", "203.0.113.9"),
+        (2, "198.51.100.1, 203.0.113.9", "198.51.100.1"),
+        (3, "203.0.113.9", "203.0.113.9"),
+    ],
+)
+def test_client_address_trusts_only_configured_proxies(
+    settings, proxies: int, forwarded: str, expected: str
+) -> None:
+    from types import SimpleNamespace
+
+    from schema.context import client_address
+
+    settings.NUM_PROXIES = proxies
+    request = SimpleNamespace(META={"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": forwarded})
+    info = SimpleNamespace(context=SimpleNamespace(request=request))
+    assert client_address(info) == expected  # type: ignore[arg-type]
