@@ -31,7 +31,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, host: str, port: int, workers: int, **options: Any) -> None:
-        consumer = HUEY.create_consumer(workers=workers, worker_type="thread", periodic=True)
+        # SqliteHuey is polled (Redis blocks on the queue instead): the default back-off
+        # grows to 10 s when idle, which would hold a lone event that long. Cap it at 0.25 s.
+        consumer = HUEY.create_consumer(
+            workers=workers,
+            worker_type="thread",
+            periodic=True,
+            initial_delay=0.05,
+            max_delay=0.25,
+        )
         consumer.start()
         base = f"http://{host}:{port}"
         self.stdout.write(
