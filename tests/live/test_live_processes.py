@@ -162,3 +162,35 @@ async def test_idle_subscription_stays_open_for_30_seconds(
     await asyncio.to_thread(post_event, server.url, tenant["secret"], "after-idle")
     await asyncio.wait_for(watcher, timeout=30)
     assert sorted(statuses[-1] for statuses in seen.values()) == ["SUCCESS", "SUCCESS"]
+
+
+async def test_sigterm_closes_open_websockets_with_going_away(
+    processes: Processes, tenant: dict[str, Any]
+) -> None:
+    import json
+
+    import websockets
+
+    server = await asyncio.to_thread(processes.server, "serve")
+    url = server.url.replace("http://", "ws://") + "/graphql/"
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"authToken": tenant["token"]}})
+        )
+        assert json.loads(await ws.recv()) == {"type": "connection_ack"}
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {
+                        "query": SUBSCRIPTION,
+                        "variables": {"accountId": tenant["account_id"]},
+                    },
+                }
+            )
+        )
+        server.terminate()
+        await asyncio.wait_for(ws.wait_closed(), timeout=15)
+        assert ws.close_code == 1001
+    assert await asyncio.to_thread(server.popen.wait, 15) == 0

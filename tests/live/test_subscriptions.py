@@ -201,3 +201,40 @@ async def test_since_replays_missed_changes_then_live_without_duplicates(
     live = await collect(client, 6)
     assert {log_id for log_id, _ in live}.isdisjoint(missed)
     assert await client.nothing_pending()
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        (None, True),  # not a browser: no ambient credentials to abuse
+        (b"http://testserver", True),  # the server's own origin
+        (b"https://evil.example", False),
+    ],
+)
+async def test_browser_origins_other_than_the_servers_own_are_refused(
+    db: None, origin: bytes | None, accepted: bool
+) -> None:
+    headers = [(b"host", b"testserver")] + ([(b"origin", origin)] if origin else [])
+    client, connected, _ = await connect(headers=headers)
+    assert connected is accepted
+    if connected:
+        await client.close()
+
+
+async def test_allowed_origin_setting_admits_a_listed_origin(db: None, settings: Any) -> None:
+    from channels.testing import WebsocketCommunicator
+
+    from schema import schema
+    from schema.consumers import LiveConsumer
+
+    settings.WS_ALLOWED_ORIGINS = ["https://dashboard.example"]
+    app = LiveConsumer.build(schema)  # reads the setting when built, as at start-up
+    communicator = WebsocketCommunicator(
+        app,
+        "/graphql/",
+        subprotocols=["graphql-transport-ws"],
+        headers=[(b"host", b"api.example"), (b"origin", b"https://dashboard.example")],
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    await communicator.disconnect()

@@ -5,6 +5,8 @@ it. With the embedded defaults (SQLite, in-memory channel layer) this is a compl
 for one machine; in production run daphne and `manage.py run_huey` as separate processes.
 """
 
+import asyncio
+import signal
 from typing import Any
 
 from channels.routing import get_default_application
@@ -53,22 +55,37 @@ class Command(BaseCommand):
             "deliveries finish first."
         )
         self.stdout.flush()
+
+        def install_signal_handlers() -> None:
+            # Called by daphne right before the reactor runs, with the reactor's asyncio loop
+            # set as the current one.
+            loop = asyncio.get_event_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, _shut_down, server)
+
         server = Server(
             application=get_default_application(),
             endpoints=build_endpoint_description_strings(host=host, port=port),
-            signal_handlers=True,  # SIGINT/SIGTERM stop the reactor
+            signal_handlers=False,  # ours: close sockets first, then stop
+            ready_callable=install_signal_handlers,
             verbosity=0,
         )
-        reactor.addSystemEventTrigger("before", "shutdown", _close_websockets, server)  # type: ignore[arg-type]
         try:
             server.run()
         finally:
-            consumer.stop(graceful=True)
+            consumer.stop(graceful=True)  # in-flight deliveries finish
             self.stdout.write("Stopped.")
 
 
-def _close_websockets(server: Server) -> None:
-    """Tell WebSocket clients we are going away (1001) instead of dropping them."""
+CLOSE_GRACE_SECONDS = 1.0
+
+
+def _shut_down(server: Server) -> None:
+    """Tell WebSocket clients we are going away (1001) instead of dropping them, give the
+    close frames a moment to leave, then stop the reactor."""
     for protocol in list(server.connections):
-        if isinstance(protocol, WebSocketProtocol):
-            protocol.serverClose(code=1001)
+        if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
+            # autobahn's public sendClose only allows 1000 and 3000-4999; 1001 "going away"
+            # is the code RFC 6455 gives a server that shuts down.
+            protocol.sendCloseFrame(code=1001, reasonUtf8=b"server shutting down")
+    reactor.callLater(CLOSE_GRACE_SECONDS, reactor.stop)  # type: ignore[arg-type,misc]
