@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -232,18 +232,22 @@ def start_server(
 _CONSUMER_STARTED = re.compile(r"Huey consumer started")
 
 
-def launch_worker(*, workers: int = 4, env: dict[str, str] | None = None) -> Process:
-    """Start `manage.py run_huey -w <workers> -k thread`; ready once its consumer runs.
+def launch_worker(
+    *, workers: int = 4, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Process:
+    """Start `manage.py run_huey -w <workers> -k thread [args]`; ready once its consumer runs.
     Does not wait (see `start_worker`)."""
-    command = [PYTHON, "manage.py", "run_huey", "-w", str(workers), "-k", "thread"]
+    command = [PYTHON, "manage.py", "run_huey", "-w", str(workers), "-k", "thread", *args]
     process = spawn("run_huey", command, env)
     process.ready = lambda: bool(_CONSUMER_STARTED.search(process.output()))
     return process
 
 
-def start_worker(*, workers: int = 4, env: dict[str, str] | None = None) -> Process:
+def start_worker(
+    *, workers: int = 4, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Process:
     """`launch_worker` and wait until its consumer runs."""
-    return launch_worker(workers=workers, env=env).wait_ready()
+    return launch_worker(workers=workers, env=env, args=args).wait_ready()
 
 
 @dataclass
@@ -258,9 +262,12 @@ class Processes:
         process = self._track(launch_server(kind, env=service_env(**env)))
         return process.wait_ready() if wait else process
 
-    def worker(self, *, workers: int = 4, wait: bool = True, **env: str) -> Process:
-        """A `run_huey` consumer with `service_env(**env)`, like `server`."""
-        process = self._track(launch_worker(workers=workers, env=service_env(**env)))
+    def worker(
+        self, *, workers: int = 4, wait: bool = True, args: Sequence[str] = (), **env: str
+    ) -> Process:
+        """A `run_huey` consumer with `service_env(**env)` and extra command-line `args`
+        (e.g. `--graceful-signal TERM`), like `server`."""
+        process = self._track(launch_worker(workers=workers, env=service_env(**env), args=args))
         return process.wait_ready() if wait else process
 
     def _track(self, process: Process) -> Process:
