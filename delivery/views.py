@@ -6,6 +6,8 @@ Checks, in order: method (405), size (413), content type (415), token (401), rat
 
 import json
 import logging
+import math
+import re
 import time
 from typing import Any
 
@@ -22,6 +24,10 @@ from identity.selectors import account_id_for_app_secret
 logger = logging.getLogger(__name__)
 
 MAX_EVENT_ID_LENGTH = 255
+# Deeper payloads are refused: storing and re-encoding them recurses once per level.
+MAX_PAYLOAD_DEPTH = 100
+# What no database column or UTF-8 request can carry: NUL and unpaired surrogates.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _error(status: int, code: Code, message: str, **headers: str) -> JsonResponse:
@@ -68,6 +74,8 @@ def incoming_data(request: HttpRequest) -> JsonResponse:
             Code.INVALID_EVENT_ID,
             f"CL-X-EVENT-ID must be 1 to {MAX_EVENT_ID_LENGTH} characters.",
         )
+    if event_id is not None and "\x00" in event_id:
+        return _error(400, Code.INVALID_EVENT_ID, "CL-X-EVENT-ID must not contain NUL.")
     try:
         account_id = account_id_for_app_secret(request.headers.get("CL-X-TOKEN", ""))
         if account_id is None:
@@ -100,10 +108,37 @@ def incoming_data(request: HttpRequest) -> JsonResponse:
 
 def _parse(body: bytes) -> dict[str, Any] | None:
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        payload = json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    return payload if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) and _storable(payload) else None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
+def _storable(payload: dict[str, Any]) -> bool:
+    """Whether the payload can be stored and sent on as JSON: at most MAX_PAYLOAD_DEPTH levels,
+    finite numbers (1e400 parses as infinity), and strings without NUL or unpaired surrogates
+    (PostgreSQL refuses both; UTF-8 cannot encode the latter)."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > MAX_PAYLOAD_DEPTH or any(_UNSTORABLE.search(key) for key in value):
+                return False
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            if depth > MAX_PAYLOAD_DEPTH:
+                return False
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                return False
+        elif isinstance(value, float) and not math.isfinite(value):
+            return False
+    return True
 
 
 def _too_large() -> JsonResponse:
