@@ -44,9 +44,12 @@ worker: $(STAMP)
 	DATABASE_CONN_MAX_AGE=$${DATABASE_CONN_MAX_AGE:-60} $(PY) manage.py run_huey \
 		--workers $${WORKERS:-8} --worker-type thread --graceful-signal TERM --shutdown-timeout 30
 
-## bench: run the benchmarks in bench/
+## bench: run the benchmarks in bench/ (installs wrk and nginx with apt-get when missing;
+## BENCH_ARGS selects sections, e.g. make bench BENCH_ARGS="ingest query")
 bench: $(STAMP)
-	$(PY) bench/run.py
+	@command -v wrk >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx; }
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3* huey.sqlite3* test-*.sqlite3*

@@ -1,0 +1,1 @@
+"""Benchmarks of Data Pusher (see bench/README.md). Not imported by the application."""
