@@ -180,7 +180,10 @@ def _report(section: Section, measures: list[Measure]) -> None:
             + (f"  {m.wrk.errors}" if m.wrk.errors else "")
         )
     section.details.append(
-        ("All runs (32 connections, 10 s each, after a 2 s warm-up)", "\n".join(lines))
+        (
+            f"All runs (32 connections, 10 s each, after a {WARMUP_SECONDS} s warm-up)",
+            "\n".join(lines),
+        )
     )
     section.notes.append(
         "No queue worker runs during this section (accept path only); the enqueued tasks are "
