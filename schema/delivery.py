@@ -112,20 +112,28 @@ def _decode_cursor(cursor: str, field: str, desc: bool) -> tuple[datetime | None
     return position
 
 
+# processedTimestamp is null until a log is first processed; receivedTimestamp never is.
+NULLABLE_ORDER_FIELDS = frozenset({"processed_timestamp"})
+
+
 def _after(field: str, desc: bool, value: datetime | None, pk: int) -> Q:
     """Rows strictly after (value, pk) in the order `field` (nulls last), `-id` or `id`."""
     beyond, pk_beyond = ("lt", "pk__lt") if desc else ("gt", "pk__gt")
     if value is None:  # among the trailing nulls
         return Q(**{f"{field}__isnull": True, pk_beyond: pk})
-    return (
-        Q(**{f"{field}__{beyond}": value})
-        | Q(**{field: value, pk_beyond: pk})
-        | Q(**{f"{field}__isnull": True})
-    )
+    after = Q(**{f"{field}__{beyond}": value}) | Q(**{field: value, pk_beyond: pk})
+    if field in NULLABLE_ORDER_FIELDS:
+        after |= Q(**{f"{field}__isnull": True})
+    return after
 
 
 def _ordered(logs: QuerySet[models.DeliveryLog], field: str, desc: bool) -> QuerySet[Any]:
-    key: OrderBy = F(field).desc(nulls_last=True) if desc else F(field).asc(nulls_last=True)
+    # NULLS LAST only where nulls exist: on a NOT NULL column it would stop PostgreSQL from
+    # walking the plain (account, -received_timestamp, -id) index, and sort every row instead.
+    nulls_last = True if field in NULLABLE_ORDER_FIELDS else None
+    key: OrderBy = (
+        F(field).desc(nulls_last=nulls_last) if desc else F(field).asc(nulls_last=nulls_last)
+    )
     return logs.order_by(key, "-id" if desc else "id")
 
 
