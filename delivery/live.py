@@ -6,11 +6,12 @@ database after a reconnect.
 """
 
 import asyncio
+import copy
 import logging
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from delivery.models import DeliveryLog
+from identity import secrets
 from identity.auth import token_user
 from identity.errors import NotFound, Unauthenticated
 from identity.models import Account
@@ -159,6 +161,42 @@ def _load(log_ids: list[int]) -> dict[int, DeliveryLog]:
     return logs.in_bulk(log_ids)
 
 
+# Per process, so that many subscribers cost one database read per message and one access
+# check per user and LIVE_RECHECK_SECONDS, not one each per subscriber.
+_access: dict[tuple[str, str | None], tuple[float, set[str]]] = {}
+_loads: OrderedDict[tuple[Any, ...], tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = (
+    OrderedDict()
+)
+SHARED_LOADS = 256
+
+
+async def _accounts_for(token: str | None, account_id: str | None) -> set[str]:
+    key = (secrets.digest(token or ""), account_id)
+    now = time.monotonic()
+    cached = _access.get(key)
+    if cached is not None and now - cached[0] < settings.LIVE_RECHECK_SECONDS:
+        return cached[1]
+    accounts = await sync_to_async(_visible_accounts)(token, account_id)
+    if len(_access) > 10_000:
+        _access.clear()
+    _access[key] = (now, accounts)
+    return accounts
+
+
+async def _load_shared(updates: list[dict[str, Any]]) -> dict[int, DeliveryLog]:
+    """`_load` of the updated logs, shared by every subscriber handling the same message."""
+    loop = asyncio.get_running_loop()
+    key = tuple((u["log_id"], u["updated_at"]) for u in updates)
+    entry = _loads.get(key)
+    if entry is None or entry[0] is not loop:
+        future = asyncio.ensure_future(sync_to_async(_load)([u["log_id"] for u in updates]))
+        _loads[key] = entry = (loop, future)
+        while len(_loads) > SHARED_LOADS:
+            _loads.popitem(last=False)
+    rows: dict[int, DeliveryLog] = await asyncio.shield(entry[1])
+    return rows
+
+
 def _catch_up_chunk(
     accounts: set[str], filters: LiveFilters, after: tuple[datetime, int]
 ) -> list[DeliveryLog]:
@@ -204,7 +242,7 @@ async def log_stream(
     than or equal to what the catch-up already showed is dropped, so there is no gap and no
     duplicate at the seam. Access is re-checked at most every LIVE_RECHECK_SECONDS: a revoked
     token or lost membership ends the stream (or drops that account's changes)."""
-    accounts = await sync_to_async(_visible_accounts)(token, account_id)
+    accounts = await _accounts_for(token, account_id)
     if not accounts:
         raise NotFound("Account")
     shown: dict[int, datetime] = {}
@@ -220,7 +258,7 @@ async def log_stream(
         async for message in messages:
             if time.monotonic() - checked >= settings.LIVE_RECHECK_SECONDS:
                 try:
-                    accounts = await sync_to_async(_visible_accounts)(token, account_id)
+                    accounts = await _accounts_for(token, account_id)
                 except Unauthenticated:
                     return
                 if not accounts:
@@ -238,11 +276,12 @@ async def log_stream(
             ]
             if not updates:
                 continue
-            logs = await sync_to_async(_load)([u["log_id"] for u in updates])
+            logs = await _load_shared(updates)
             for update in updates:
-                row = logs.get(update["log_id"])
-                if row is None:
+                shared = logs.get(update["log_id"])
+                if shared is None:
                     continue
+                row = copy.copy(shared)  # other subscribers hold the same row
                 if filters.event_id is not None and row.event.event_id != filters.event_id:
                     continue
                 row.status = update["status"]
