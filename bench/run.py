@@ -103,7 +103,11 @@ def _run_sections(
         print(section.text() + "\n", flush=True)
     total = time.monotonic() - started
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(_markdown(sections, notes, total, argv))
+    analysis = ROOT / "bench" / "ANALYSIS.md"
+    results.write_text(
+        _markdown(sections, notes, total, argv)
+        + ("\n" + analysis.read_text() if analysis.exists() else "")
+    )
     print(f"Wrote {results.relative_to(ROOT)} ({total:.0f} s in all).")
     if failed:
         print(f"Logs of the processes started: {log_dir}")
