@@ -72,19 +72,33 @@ def _clean_url(url: str) -> str:
         ) from None
     if len(url) > 2000:
         raise invalid(DeliveryErrorCode.INVALID_URL, "At most 2000 characters.", field="url")
-    host = urlsplit(url).hostname or ""
-    if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS:
-        try:
-            literal_public = transport.is_public_address(host)
-        except ValueError:
-            literal_public = host.lower() not in ("localhost",) and not host.endswith(".localhost")
-        if not literal_public:
-            raise invalid(
-                DeliveryErrorCode.INVALID_URL,
-                "Private, loopback and link-local destinations are not allowed.",
-                field="url",
-            )
+    if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS and not _public_host(url):
+        raise invalid(
+            DeliveryErrorCode.INVALID_URL,
+            "Private, loopback and link-local destinations are not allowed.",
+            field="url",
+        )
     return url
+
+
+def _public_host(url: str) -> bool:
+    """False when the URL's host is, or resolves to, a non-public address (any of its DNS
+    answers). A name that does not resolve now is let through: every delivery checks again."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):  # whatever the resolver says
+        return False
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # out of range: no delivery can connect anyway
+        port = 80
+    try:
+        transport.check_host(host, port)
+    except transport.BlockedAddress:
+        return False
+    except OSError:  # does not resolve (requests.ConnectionError)
+        return True
+    return True
 
 
 def _clean_method(method: str) -> str:
