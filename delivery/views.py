@@ -28,6 +28,9 @@ MAX_EVENT_ID_LENGTH = 255
 MAX_PAYLOAD_DEPTH = 100
 # What no database column or UTF-8 request can carry: NUL and unpaired surrogates.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Where they can come from in a UTF-8 body: an escaped NUL or surrogate (paired ones too, the
+# walk tells them apart) or a surrogate encoded as UTF-8 (which json.loads lets through).
+_RISKY_TEXT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]")
 
 
 def _error(status: int, code: Code, message: str, **headers: str) -> JsonResponse:
@@ -107,38 +110,52 @@ def incoming_data(request: HttpRequest) -> JsonResponse:
 
 
 def _parse(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object that can be stored and sent on, or None."""
     try:
-        payload = json.loads(body, parse_constant=_no_constant)
+        payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    return payload if isinstance(payload, dict) and _storable(payload) else None
+    if not isinstance(payload, dict):
+        return None
+    # The walk is only needed when the raw bytes say the payload could be unstorable.
+    risky_text = bool(_RISKY_TEXT.search(body)) or json.detect_encoding(body) != "utf-8"
+    may_be_deep = body.count(b"[") + body.count(b"{") > MAX_PAYLOAD_DEPTH
+    if (risky_text or may_be_deep) and _unstorable(payload, text=risky_text):
+        return None
+    return payload
 
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
 
 
-def _storable(payload: dict[str, Any]) -> bool:
-    """Whether the payload can be stored and sent on as JSON: at most MAX_PAYLOAD_DEPTH levels,
-    finite numbers (1e400 parses as infinity), and strings without NUL or unpaired surrogates
-    (PostgreSQL refuses both; UTF-8 cannot encode the latter)."""
-    stack: list[tuple[Any, int]] = [(payload, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth > MAX_PAYLOAD_DEPTH or any(_UNSTORABLE.search(key) for key in value):
-                return False
-            stack.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            if depth > MAX_PAYLOAD_DEPTH:
-                return False
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str):
-            if _UNSTORABLE.search(value):
-                return False
-        elif isinstance(value, float) and not math.isfinite(value):
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text} overflows")
+    return value
+
+
+def _unstorable(payload: dict[str, Any], *, text: bool) -> bool:
+    """Whether containers nest more than MAX_PAYLOAD_DEPTH levels (storing and re-encoding
+    recurse once per level) or, with `text`, a key or string holds NUL or an unpaired surrogate
+    (PostgreSQL refuses both, UTF-8 cannot encode the latter). One level at a time."""
+    level: list[Any] = [payload]
+    for _ in range(MAX_PAYLOAD_DEPTH):
+        values: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                if text and any(map(_UNSTORABLE.search, container)):
+                    return True
+                values.extend(container.values())
+            else:
+                values.extend(container)
+        if text and any(map(_UNSTORABLE.search, [v for v in values if type(v) is str])):
+            return True
+        level = [v for v in values if type(v) is dict or type(v) is list]
+        if not level:
             return False
-    return True
+    return True  # containers below level MAX_PAYLOAD_DEPTH
 
 
 def _too_large() -> JsonResponse:

@@ -243,6 +243,8 @@ def test_any_json_object_with_a_valid_token_is_stored_exactly_or_refused(
         pytest.param(b'{"\\u0000": 1}', id="NUL-in-key"),
         pytest.param(b'{"a": ["\\ud800"]}', id="escaped-unpaired-surrogate"),
         pytest.param(b'{"a": "\xed\xa0\x80"}', id="encoded-unpaired-surrogate"),
+        pytest.param('{"a": "\ud800"}'.encode("utf-16", "surrogatepass"), id="utf-16-surrogate"),
+        pytest.param(b'{"a": 1' + b"0" * 400 + b".5}", id="overflowing-float-digits"),
         pytest.param(nested(101), id="101-levels"),
         pytest.param(nested(100_000), id="100000-levels"),
     ],
