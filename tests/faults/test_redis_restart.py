@@ -4,7 +4,8 @@ The server and worker processes use a private Redis (tests/faults/conftest.py) t
 kills (SIGKILL, nothing kept on disk) and restarts on the same port. What must hold:
 
 * while Redis is down, `incoming_data` answers `503 unavailable` with `Retry-After` — never a
-  500 — and stores nothing; every `202` was committed first;
+  500 — and stores nothing; every `202` was committed first; the first request after Redis is
+  back is accepted;
 * the tasks that were waiting in Redis are gone with it, but the delivery rows are the outbox:
   one sweep (what every worker runs each minute) re-enqueues them, and every accepted event is
   delivered exactly once.
@@ -31,6 +32,7 @@ pytestmark = SERVICES_ONLY
 BEFORE = 60  # accepted before the crash; the sink is slow enough that most are still queued
 OUTAGE_SECONDS = 2.0
 AFTER = 20  # accepted after Redis is back
+PHASES = ("before", "outage", "after")
 UNAVAILABLE = {
     "success": False,
     "code": "unavailable",
@@ -83,17 +85,15 @@ def test_redis_restart_during_a_burst_loses_no_accepted_event(
         n += 1
 
     private_redis.start()
-    accepted_after, n = 0, 0
-    while accepted_after < AFTER:
-        assert n < 20 * AFTER, "the server does not accept events again after Redis is back"
-        accepted_after += post("after", n) == 202
-        n += 1
+    for n in range(AFTER):
+        post("after", n)
 
-    # Every answer is an acceptance or a clean refusal.
-    statuses = {o["status"] for o in outcomes}
-    assert statuses <= {202, 503}, [o for o in outcomes if o["status"] not in (202, 503)]
+    # What happens, exactly: while Redis is down every request (each one needs the app-secret
+    # lookup in the cache) is refused cleanly, and from the first request after it is back,
+    # every one is accepted again.
+    statuses = {phase: {o["status"] for o in outcomes if o["phase"] == phase} for phase in PHASES}
+    assert statuses == {"before": {202}, "outage": {503}, "after": {202}}, outcomes
     refused = [o for o in outcomes if o["status"] == 503]
-    assert refused, "no request saw the outage: nothing was tested"
     assert all(o["body"] == UNAVAILABLE and o["retry_after"] == "5" for o in refused)
     accepted = {o["event_id"] for o in outcomes if o["status"] == 202}
     # A 202 means committed; a 503 wrote nothing.
