@@ -9,21 +9,8 @@ from django.core.cache import cache
 from django.db.models import QuerySet
 
 from delivery.models import DeliveryLog, Destination, Event
+from identity.ids import parse_pk, parse_uuid
 from identity.permissions import Action, Actor, account_ids
-
-
-def _valid_uuid(value: object) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
-
-
-def _valid_pk(value: object) -> bool:
-    # isdigit() alone accepts digits such as "²" that int() (and so the query) rejects.
-    text = str(value)
-    return text.isascii() and text.isdigit()
 
 
 @dataclass
@@ -43,7 +30,7 @@ def destination_list(
     )
     f = filters or DestinationFilters()
     if f.account_id is not None:
-        if not _valid_uuid(f.account_id):
+        if parse_uuid(f.account_id) is None:
             return Destination.objects.none()
         destinations = destinations.filter(account_id=f.account_id)
     if f.http_method is not None:
@@ -57,7 +44,7 @@ def destination_list(
 
 def destination_get(*, actor: Actor, destination_id: str | int) -> Destination | None:
     """One visible destination, or None when missing or foreign (indistinguishable)."""
-    if not _valid_pk(destination_id):
+    if parse_pk(destination_id) is None:
         return None
     return destination_list(actor=actor).filter(pk=destination_id).first()
 
@@ -102,11 +89,11 @@ def log_list(*, actor: Actor, filters: LogFilters | None = None) -> QuerySet[Del
 
 def apply_log_filters(logs: QuerySet[DeliveryLog], f: LogFilters) -> QuerySet[DeliveryLog]:
     if f.account_id is not None:
-        if not _valid_uuid(f.account_id):
+        if parse_uuid(f.account_id) is None:
             return logs.none()
         logs = logs.filter(account_id=f.account_id)
     if f.destination_id is not None:
-        if not _valid_pk(f.destination_id):
+        if parse_pk(f.destination_id) is None:
             return logs.none()
         logs = logs.filter(destination_id=f.destination_id)
     if f.statuses:
@@ -127,7 +114,7 @@ def apply_log_filters(logs: QuerySet[DeliveryLog], f: LogFilters) -> QuerySet[De
 
 
 def log_get(*, actor: Actor, log_id: str | int) -> DeliveryLog | None:
-    if not _valid_pk(log_id):
+    if parse_pk(log_id) is None:
         return None
     return log_list(actor=actor).filter(pk=log_id).first()
 
@@ -140,7 +127,7 @@ def event_get(*, actor: Actor, event_id: str | int) -> Event | None:
     """An event by its database id or its event id (CL-X-EVENT-ID) within the actor's
     accounts; None when missing, foreign or ambiguous across accounts."""
     events = event_list(actor=actor)
-    if _valid_pk(event_id):
+    if parse_pk(event_id) is not None:
         found = events.filter(pk=event_id).first()
         if found is not None:
             return found

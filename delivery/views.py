@@ -1,7 +1,7 @@
 """POST /server/incoming_data/: the REST entry point for external systems.
 
-Checks, in order: method (405), size (413), content type (415), token (401), rate limit
-(429), JSON object body (400); then one service call. Every error has the same shape,
+Checks, in order: method (405), size (413), content type (415), event id (400), token (401),
+rate limit (429), JSON object body (400); then one service call. Every error has the same shape,
 `{"success": false, "code": ..., "message": ...}`, and no error path writes anything."""
 
 import json

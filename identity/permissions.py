@@ -12,6 +12,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 
 from identity.errors import Forbidden, NotFound, Unauthenticated
+from identity.ids import parse_uuid
 from identity.models import Account, Membership, Role, User
 
 Actor = User | AnonymousUser
@@ -55,10 +56,10 @@ def role_in(actor: Actor, account_id: uuid.UUID | str) -> str | None:
     """The actor's role in the account (superusers act as ADMIN), or None for non-members."""
     if not isinstance(actor, User) or not actor.is_active:
         return None
-    try:
-        account_id = uuid.UUID(str(account_id))
-    except ValueError:  # a malformed id answers like a missing one
+    pk = parse_uuid(account_id)
+    if pk is None:  # a malformed id answers like a missing one
         return None
+    account_id = pk
     if actor.is_superuser:
         return Role.ADMIN if Account.objects.filter(pk=account_id).exists() else None
     return (

@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from identity import secrets
+from identity.ids import parse_uuid
 from identity.models import Account, Membership, Role, User
 from identity.permissions import Action, Actor, account_ids
 
@@ -39,22 +40,18 @@ def account_list(*, actor: Actor) -> QuerySet[Account]:
 
 def account_get(*, actor: Actor, account_id: uuid.UUID | str) -> Account | None:
     """One visible account, or None when missing or foreign (indistinguishable)."""
-    try:
-        uuid.UUID(str(account_id))
-    except ValueError:
-        return None
-    return account_list(actor=actor).filter(pk=account_id).first()
+    pk = parse_uuid(account_id)
+    return None if pk is None else account_list(actor=actor).filter(pk=pk).first()
 
 
 def member_list(*, actor: Actor, account_id: uuid.UUID | str | None = None) -> QuerySet[Membership]:
     """Memberships of the accounts the actor belongs to, optionally of one account."""
     members = Membership.objects.filter(account_id__in=account_ids(actor, Action.MEMBER_VIEW))
     if account_id is not None:
-        try:
-            uuid.UUID(str(account_id))
-        except ValueError:
+        pk = parse_uuid(account_id)
+        if pk is None:
             return Membership.objects.none()
-        members = members.filter(account_id=account_id)
+        members = members.filter(account_id=pk)
     return members
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from identity import auth, secrets, selectors, throttle
 from identity.errors import ErrorCode, Forbidden, NotFound, invalid
+from identity.ids import parse_pk
 from identity.models import Account, AuthToken, Invitation, Membership, Role, User
 from identity.permissions import Action, Actor, check, require_user
 
@@ -51,16 +52,6 @@ def _clean_account_fields(
             raise invalid(
                 ErrorCode.INVALID, "Enter a valid http(s) URL.", field="website"
             ) from None
-
-
-def _int_id(value: int | str) -> int | None:
-    """The integer primary key `value` names, or None when it cannot name a row, so that a
-    malformed id answers like a missing one instead of failing in the database driver."""
-    try:
-        pk = int(value)
-    except (TypeError, ValueError):
-        return None
-    return pk if 0 < pk < 2**63 else None
 
 
 def _new_app_secret(account: Account) -> str:
@@ -162,7 +153,7 @@ def user_update(
     Raises NotFound (user not visible), Forbidden, ValidationError.
     """
     me = require_user(actor)
-    pk = _int_id(user_id)
+    pk = parse_pk(user_id)
     user = None if pk is None else selectors.user_list(actor=me).filter(pk=pk).first()
     if user is None:
         raise NotFound("User")
@@ -347,7 +338,7 @@ def member_add(
     to the account (ADMIN). Unknown or invisible users raise NotFound."""
     check(actor, Action.MEMBER_MANAGE, account_id)
     role = _clean_role(role)
-    pk = _int_id(user_id)
+    pk = parse_pk(user_id)
     users = selectors.user_list(actor=actor, administered=True)
     user = None if pk is None else users.filter(pk=pk).first()
     if user is None:
@@ -357,7 +348,7 @@ def member_add(
 
 def _membership_for_change(actor: Actor, membership_id: int | str) -> Membership:
     require_user(actor)
-    pk = _int_id(membership_id)
+    pk = parse_pk(membership_id)
     membership = (
         None
         if pk is None
