@@ -50,7 +50,10 @@ def _clean_cache() -> Iterator[None]:
         if keys:
             client.delete(*keys)
     else:
+        from identity import throttle
+
         cache.clear()
+        throttle.reset()  # in-memory limiter counters are not part of Django's cache
 
 
 @dataclass

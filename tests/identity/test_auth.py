@@ -1,6 +1,7 @@
-"""Signing up, logging in and out, bearer tokens, password rules and login throttling."""
+"""Signing up, logging in and out, bearer tokens, password rules and the client address."""
 
 import hashlib
+from collections.abc import Iterator
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -11,7 +12,8 @@ from pytest_django.fixtures import Settings
 
 from identity import throttle
 from identity.auth import token_issue
-from identity.models import Account, AuthToken, Invitation, Membership, User
+from identity.models import Account, AuthToken, Membership, User
+from schema.context import client_address
 from tests.conftest import GraphQL, Persona, error_codes
 from tests.factories import PASSWORD
 from tests.identity.helpers import OPERATION_INFO, UNAUTHENTICATED, db_state, invalid
@@ -28,6 +30,14 @@ LOGOUT = "mutation { logout { __typename ... on Done { ok } " + OPERATION_INFO +
 ME = "{ me { email } }"
 
 INVALID_CREDENTIALS = invalid("invalid_credentials", "Invalid email or password.")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle() -> Iterator[None]:
+    """Failed logins here must not throttle another test's logins."""
+    throttle.reset()
+    yield
+    throttle.reset()
 
 
 def _signup(gql: GraphQL, **fields: str) -> dict[str, Any]:
@@ -119,20 +129,6 @@ def test_signup_with_weak_password_is_refused(gql: GraphQL, password: str, messa
 
     assert payload == invalid("invalid_password", message, "password")
     assert (User.objects.count(), Account.objects.count(), AuthToken.objects.count()) == (0, 0, 0)
-
-
-def test_signup_turns_pending_invitations_into_memberships(gql: GraphQL, account: Account) -> None:
-    Invitation.objects.create(account=account, email="new@example.com", role="NORMAL_USER")
-
-    payload = _signup(gql, email="New@example.com")
-
-    assert payload["__typename"] == "AuthPayload"
-    user = User.objects.get(email="new@example.com")
-    assert sorted(Membership.objects.filter(user=user).values_list("account__name", "role")) == [
-        ("Acme", "NORMAL_USER"),
-        ("Newco", "ADMIN"),
-    ]
-    assert not Invitation.objects.exists()
 
 
 # --- login ------------------------------------------------------------------------------------
@@ -242,80 +238,8 @@ def test_session_cookie_does_not_authenticate(gql: GraphQL, normal_user: Persona
     _assert_anonymous(gql(ME))
 
 
-# --- throttling -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def frozen_throttle_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every attempt in one throttle window (and make "retry in" exact): 1,000,000 s is
-    100 s into a 300 s window, so 200 s remain."""
-    monkeypatch.setattr(throttle, "time", SimpleNamespace(time=lambda: 1_000_000.0))
-
-
-THROTTLED = invalid("throttled", "Too many failed logins. Try again in 200 seconds.")
-
-
-@pytest.mark.usefixtures("frozen_throttle_clock")
-def test_login_is_throttled_per_email_even_with_right_password(
-    gql: GraphQL, settings: Settings, normal_user: Persona, admin: Persona
-) -> None:
-    settings.LOGIN_FAILURES_PER_EMAIL = 3
-    settings.LOGIN_FAILURES_PER_ADDRESS = 100
-    failures = [_login(gql, "normal@example.com", "wrong password 1") for _ in range(3)]
-    tokens_before = AuthToken.objects.count()
-
-    throttled = _login(gql, "normal@example.com")
-    # Another client address does not help: the limit is on the email.
-    gql.client.defaults["REMOTE_ADDR"] = "10.0.0.2"
-    throttled_elsewhere = _login(gql, "NORMAL@example.com")
-
-    assert failures == [INVALID_CREDENTIALS] * 3
-    assert throttled == throttled_elsewhere == THROTTLED
-    assert AuthToken.objects.count() == tokens_before
-    # Other emails are not affected.
-    assert _login(gql, "admin@example.com")["__typename"] == "AuthPayload"
-
-
-@pytest.mark.usefixtures("frozen_throttle_clock")
-def test_login_is_throttled_per_client_address(
-    gql: GraphQL, settings: Settings, normal_user: Persona
-) -> None:
-    settings.LOGIN_FAILURES_PER_EMAIL = 100
-    settings.LOGIN_FAILURES_PER_ADDRESS = 3
-    failures = [_login(gql, f"guess{i}@example.com") for i in range(3)]
-
-    throttled = _login(gql, "normal@example.com")
-    gql.client.defaults["REMOTE_ADDR"] = "10.0.0.2"
-    from_elsewhere = _login(gql, "normal@example.com")
-
-    assert failures == [INVALID_CREDENTIALS] * 3
-    assert throttled == THROTTLED
-    assert from_elsewhere["__typename"] == "AuthPayload"
-
-
-@pytest.mark.usefixtures("frozen_throttle_clock")
-def test_successful_logins_do_not_count_towards_the_limit(
-    gql: GraphQL, settings: Settings, normal_user: Persona
-) -> None:
-    settings.LOGIN_FAILURES_PER_EMAIL = 2
-
-    results = [_login(gql, "normal@example.com")["__typename"] for _ in range(4)]
-
-    assert results == ["AuthPayload"] * 4
-
-
-def test_throttle_window_ends(
-    gql: GraphQL, settings: Settings, monkeypatch: pytest.MonkeyPatch, normal_user: Persona
-) -> None:
-    settings.LOGIN_FAILURES_PER_EMAIL = 1
-    now = [1_000_000.0]
-    monkeypatch.setattr(throttle, "time", SimpleNamespace(time=lambda: now[0]))
-    _login(gql, "normal@example.com", "wrong password 1")
-    assert _login(gql, "normal@example.com")["messages"][0]["code"] == "throttled"
-
-    now[0] += 200  # the start of the next 300 s window
-
-    assert _login(gql, "normal@example.com")["__typename"] == "AuthPayload"
+# --- client address ---------------------------------------------------------------------------
+# Throttling itself: tests/identity/test_throttle.py.
 
 
 @pytest.mark.parametrize(
@@ -328,13 +252,13 @@ def test_throttle_window_ends(
     ],
 )
 def test_client_address_trusts_only_configured_proxies(
-    settings, proxies: int, forwarded: str, expected: str
+    settings: Settings, proxies: int, forwarded: str, expected: str
 ) -> None:
-    from types import SimpleNamespace
-
-    from schema.context import client_address
-
     settings.NUM_PROXIES = proxies
-    request = SimpleNamespace(META={"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": forwarded})
+    meta = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": forwarded}
+    request = SimpleNamespace(META=meta)
     info = SimpleNamespace(context=SimpleNamespace(request=request))
+
+    assert throttle.address_from_meta(meta) == expected
+    # GraphQL reads it the same way.
     assert client_address(info) == expected  # type: ignore[arg-type]

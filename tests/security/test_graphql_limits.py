@@ -88,7 +88,7 @@ def test_aliases_cannot_carry_more_than_15_password_guesses(
 def test_aliased_password_guesses_are_each_counted_by_the_login_throttle(
     gql: GraphQL, normal_user: Persona
 ) -> None:
-    assert settings.LOGIN_FAILURES_PER_EMAIL == 5
+    assert settings.LOGIN_FAILURES_PER_EMAIL_ADDRESS == "5/15minute"
 
     body = gql(_logins(15, "guess"))
 
