@@ -7,10 +7,22 @@ from identity.models import Account, AuthToken, Invitation, Membership, User
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     ordering = ("email",)
-    list_display = ("email", "full_name", "is_active", "is_staff", "date_joined")
-    search_fields = ("email", "full_name")
+    list_display = ("email", "full_name", "email_verified_at", "is_active", "is_staff")
+    search_fields = ("email", "full_name", "pending_email")
+    readonly_fields = ("email_secret_hash", "email_secret_expires_at")
     fieldsets = (
         (None, {"fields": ("email", "password", "full_name")}),
+        (
+            "Email proof",
+            {
+                "fields": (
+                    "email_verified_at",
+                    "pending_email",
+                    "email_secret_hash",
+                    "email_secret_expires_at",
+                )
+            },
+        ),
         ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser")}),
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
@@ -46,8 +58,10 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(Invitation)
 class InvitationAdmin(admin.ModelAdmin):
-    list_display = ("email", "account", "role", "created_at")
+    list_display = ("email", "account", "role", "created_at", "expires_at")
     raw_id_fields = ("account", "invited_by")
+    # The secret exists only in the mail; an invitation is re-sent through memberInvite.
+    readonly_fields = ("secret_hash",)
 
 
 @admin.register(AuthToken)

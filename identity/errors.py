@@ -21,7 +21,10 @@ class ErrorCode(StrEnum):
     THROTTLED = "throttled"
     LAST_ADMIN = "last_admin"
     ALREADY_MEMBER = "already_member"
-    ALREADY_INVITED = "already_invited"
+    ALREADY_INVITED = "already_invited"  # retired: re-inviting now refreshes the invitation
+    INVALID_INVITATION = "invalid_invitation"
+    INVALID_VERIFICATION = "invalid_verification"
+    OPERATION_NOT_ALLOWED = "operation_not_allowed"  # a query or mutation over the WebSocket
 
 
 class NotFound(ObjectDoesNotExist):

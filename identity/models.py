@@ -30,8 +30,20 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="May log in to the Django admin.")
     date_joined = models.DateTimeField(default=timezone.now)
+    email_verified_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the user proved they receive mail at `email`."
+    )
+    pending_email = models.EmailField(
+        blank=True, default="", help_text="A new address waiting for its verification token."
+    )
+    # The digest of the one outstanding verification token: it proves `pending_email` when
+    # that is set, else `email`. Only the digest is stored; the token exists only in the mail.
+    email_secret_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    email_secret_expires_at = models.DateTimeField(null=True, blank=True)
 
     objects: ClassVar[UserManager] = UserManager()
+
+    EMAIL_SECRET_PREFIX = "dpv_"
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -97,7 +109,8 @@ class Membership(models.Model):
 
 
 class Invitation(models.Model):
-    """A role waiting for an email that has no user yet; it becomes a membership at signup."""
+    """A role offered to an email address, pending until someone who is logged in with that
+    address presents its secret (mailed to the address) before it expires."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
@@ -105,7 +118,14 @@ class Invitation(models.Model):
     invited_by = models.ForeignKey(
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Only the digest of the single-use secret is stored; without one nothing can accept.
+    secret_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    expires_at = models.DateTimeField(
+        default=timezone.now, help_text="After this the invitation can no longer be accepted."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    SECRET_PREFIX = "dpi_"
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -10,16 +10,22 @@ from django.utils import timezone
 
 from identity import secrets
 from identity.ids import parse_uuid
-from identity.models import Account, Membership, Role, User
+from identity.models import Account, Invitation, Membership, Role, User
 from identity.permissions import Action, Actor, account_ids
 
 
 def user_list(
-    *, actor: Actor, email: str | None = None, administered: bool = False
+    *,
+    actor: Actor,
+    email: str | None = None,
+    administered: bool = False,
+    exclusive: bool = False,
 ) -> QuerySet[User]:
     """Users the actor may see: themselves, plus the members of every account where they are
     ADMIN (superusers: everyone). With `administered`, the same set (it is what an admin may
-    act on); `email` filters case-insensitively."""
+    act on). With `exclusive`, only the users *exclusively theirs*: every membership of the
+    user is in an account the actor administers (whose profile the actor may edit; a user who
+    is also in anyone else's account is left out). `email` filters case-insensitively."""
     if not isinstance(actor, User) or not actor.is_active:
         return User.objects.none()
     users = User.objects.all()
@@ -28,6 +34,9 @@ def user_list(
         users = users.filter(
             Q(pk=actor.pk) | Q(memberships__account_id__in=admin_accounts)
         ).distinct()
+        if exclusive:
+            elsewhere = Membership.objects.exclude(account_id__in=admin_accounts)
+            users = users.exclude(pk__in=elsewhere.values("user_id"))
     if email is not None:
         users = users.filter(email__iexact=email.strip())
     return users.order_by("id")
@@ -53,6 +62,20 @@ def member_list(*, actor: Actor, account_id: uuid.UUID | str | None = None) -> Q
             return Membership.objects.none()
         members = members.filter(account_id=pk)
     return members
+
+
+def invitation_list(
+    *, actor: Actor, account_id: uuid.UUID | str | None = None
+) -> QuerySet[Invitation]:
+    """Pending invitations of the accounts the actor administers (ADMIN; superusers: all),
+    optionally of one account; expired ones are included until re-sent or revoked."""
+    invitations = Invitation.objects.filter(account_id__in=account_ids(actor, Action.MEMBER_MANAGE))
+    if account_id is not None:
+        pk = parse_uuid(account_id)
+        if pk is None:
+            return Invitation.objects.none()
+        invitations = invitations.filter(account_id=pk)
+    return invitations
 
 
 def account_for_app_secret(raw: str) -> Account | None:

@@ -15,11 +15,12 @@ from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from identity import auth, secrets, selectors, throttle
+from identity import auth, mail, secrets, selectors, throttle
 from identity.errors import ErrorCode, Forbidden, NotFound, invalid
 from identity.ids import parse_pk
 from identity.models import Account, AuthToken, Invitation, Membership, Role, User
-from identity.permissions import Action, Actor, check, require_user
+from identity.permissions import Action, Actor, account_ids, check, require_user
+from project.db import lock_referencing_rows, retry_contended
 
 MAX_SECRET_GRACE_SECONDS = 7 * 24 * 3600
 
@@ -66,20 +67,36 @@ def _new_app_secret(account: Account) -> str:
 
 @transaction.atomic
 def user_signup(
-    *, email: str, password: str, account_name: str, full_name: str = ""
+    *,
+    email: str,
+    password: str,
+    account_name: str,
+    full_name: str = "",
+    invitation_token: str | None = None,
 ) -> tuple[User, Account, str]:
-    """Create a user, a first account where they are ADMIN, turn pending invitations for the
-    email into memberships, and issue a token. Returns (user, account, raw token).
+    """Create a user, a first account where they are ADMIN, and issue a token. Returns
+    (user, account, raw token). Pending invitations for the email are *not* joined: with
+    `invitation_token` (the secret of an invitation sent to this email) that invitation is
+    accepted in the same transaction and the email counts as verified; without it a
+    verification token is mailed to the address after commit.
 
-    Raises ValidationError: `invalid` (email, accountName), `email_taken`, `invalid_password`.
+    Raises ValidationError: `invalid` (email, accountName), `email_taken`, `invalid_password`,
+    `invalid_invitation` (invitationToken; nothing is created).
     """
     email = _clean_email(email)
     _clean_account_fields(account_name, None, name_field="accountName")
     user = User(email=email, full_name=full_name.strip())
     _validate_password(password, user)
+    invitation = (
+        _invitation_for_token(invitation_token, email=email, field="invitationToken")
+        if invitation_token
+        else None
+    )
     if User.objects.filter(email__iexact=email).exists():
         raise invalid(ErrorCode.EMAIL_TAKEN, "A user with this email exists.", field="email")
     user.set_password(password)
+    if invitation is None:
+        _email_secret_issue(user)
     try:
         with transaction.atomic():
             user.save()
@@ -88,41 +105,24 @@ def user_signup(
             ErrorCode.EMAIL_TAKEN, "A user with this email exists.", field="email"
         ) from None
     account = _account_insert(user=user, name=account_name, website="")[0]
-    for invitation in Invitation.objects.filter(email=email):
-        Membership.objects.get_or_create(
-            user=user, account_id=invitation.account_id, defaults={"role": invitation.role}
-        )
-    Invitation.objects.filter(email=email).delete()
+    if invitation is not None:
+        _invitation_consume(invitation, user=user)
     return user, account, auth.token_issue(user=user)
 
 
 def user_login(*, email: str, password: str, client_address: str) -> tuple[User, str]:
-    """Check the password and issue a token. Returns (user, raw token).
+    """Check the password through the login throttle and issue a token. Returns (user, raw
+    token).
 
-    Failed attempts are counted per email and per client address; past the limits the call
-    raises `throttled` without checking the password. Wrong email or password both raise
-    `invalid_credentials` (no hint which one was wrong).
+    Raises ValidationError `throttled` past a failure limit (identity.throttle; the password is
+    not checked then), and `invalid_credentials` for a wrong email or password alike (no hint
+    which one was wrong).
     """
-    window = settings.LOGIN_THROTTLE_WINDOW_SECONDS
-    email = email.strip().lower()
-    limits = (
-        ("email", email, settings.LOGIN_FAILURES_PER_EMAIL),
-        ("address", client_address, settings.LOGIN_FAILURES_PER_ADDRESS),
+    user = User.objects.filter(email__iexact=email.strip(), is_active=True).first()
+    checked = throttle.password_check(
+        user=user, email=email, password=password, client_address=client_address
     )
-    if any(
-        throttle.failures(scope, subject, window=window) >= cap for scope, subject, cap in limits
-    ):
-        raise invalid(
-            ErrorCode.THROTTLED,
-            f"Too many failed logins. Try again in {throttle.retry_after(window)} seconds.",
-        )
-    user = User.objects.filter(email__iexact=email, is_active=True).first()
-    if user is None or not user.check_password(password):
-        if user is None:
-            # Spend the same time as a real check so response time does not reveal emails.
-            User().set_password(password)
-        for scope, subject, _ in limits:
-            throttle.record_failure(scope, subject, window=window)
+    if user is None or not checked:
         raise invalid(ErrorCode.INVALID_CREDENTIALS, "Invalid email or password.")
     User.objects.filter(pk=user.pk).update(last_login=timezone.now())
     return user, auth.token_issue(user=user)
@@ -145,12 +145,20 @@ def user_update(
     password: str | None = None,
     current_password: str | None = None,
     current_token: str | None = None,
+    client_address: str = "",
 ) -> User:
     """Update a user. Users change their own name, email and password (a password change
-    needs `current_password` and revokes the user's other tokens); an admin of an account the
-    user belongs to may change only role-free profile fields (the name).
+    needs `current_password` and revokes the user's other tokens). A new email does not take
+    effect at once: it is kept as the pending email and a verification token is mailed to it
+    after commit (`email_verify` applies it); until then login, membership and invitations use
+    the current address. Setting the current address cancels a pending change; while the
+    current address is unverified and has no live token, a new token is mailed to it.
 
-    Raises NotFound (user not visible), Forbidden, ValidationError.
+    Someone else may change only the name, and only of a user *exclusively theirs*: every
+    account the user belongs to is one the actor administers (superusers: anyone). Otherwise a
+    visible user raises Forbidden.
+
+    Raises NotFound (user not visible), Forbidden, ValidationError (`email_taken`, ...).
     """
     me = require_user(actor)
     pk = parse_pk(user_id)
@@ -165,17 +173,34 @@ def user_update(
             raise Forbidden()
         if email is not None or password is not None:
             raise Forbidden("Only the user can change their email or password.")
+        if (
+            not me.is_superuser
+            and not selectors.user_list(actor=me, exclusive=True).filter(pk=user.pk).exists()
+        ):
+            raise Forbidden()
     if full_name is not None:
         if len(full_name) > 150:
             raise invalid(ErrorCode.INVALID, "At most 150 characters.", field="fullName")
         user.full_name = full_name.strip()
     if email is not None:
         email = _clean_email(email)
-        if User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
-            raise invalid(ErrorCode.EMAIL_TAKEN, "A user with this email exists.", field="email")
-        user.email = email
+        if email == user.email:
+            if user.pending_email:  # cancels the change; its token dies
+                user.pending_email = ""
+                user.email_secret_hash, user.email_secret_expires_at = "", None
+            if user.email_verified_at is None and not _email_secret_live(user):
+                _email_secret_issue(user)
+        else:
+            if User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
+                raise invalid(
+                    ErrorCode.EMAIL_TAKEN, "A user with this email exists.", field="email"
+                )
+            user.pending_email = email
+            _email_secret_issue(user)
     if password is not None:
-        if user.pk == me.pk and not me.check_password(current_password or ""):
+        if user.pk == me.pk and not throttle.password_check(
+            user=me, email=me.email, password=current_password or "", client_address=client_address
+        ):
             raise invalid(
                 ErrorCode.INVALID_CREDENTIALS,
                 "The current password is wrong.",
@@ -188,6 +213,59 @@ def user_update(
             key_hash=secrets.digest(current_token or "")
         ).delete()
     user.save()
+    return user
+
+
+def _email_secret_live(user: User) -> bool:
+    expires = user.email_secret_expires_at
+    return bool(user.email_secret_hash) and expires is not None and expires > timezone.now()
+
+
+def _email_secret_issue(user: User) -> None:
+    """Give `user` a new verification token (the previous one dies) for the pending email, or
+    the current one when none is pending, and mail it there after commit. The caller saves."""
+    raw = secrets.new_secret(User.EMAIL_SECRET_PREFIX)
+    expires_at = timezone.now() + timedelta(hours=settings.EMAIL_VERIFICATION_TTL_HOURS)
+    user.email_secret_hash, user.email_secret_expires_at = secrets.digest(raw), expires_at
+    mail.email_verification_send(
+        to=user.pending_email or user.email,
+        token=raw,
+        expires_at=expires_at,
+        new=bool(user.pending_email),
+    )
+
+
+@transaction.atomic
+def email_verify(*, actor: Actor, token: str) -> User:
+    """Prove the caller's address with the token mailed to it: a pending email becomes the
+    email (checked again for `email_taken` now), otherwise the current email is marked
+    verified. The token is single-use and expires after EMAIL_VERIFICATION_TTL_HOURS.
+
+    Raises Unauthenticated, ValidationError `invalid_verification` (wrong, expired, used or
+    another user's token; nothing written) or `email_taken`.
+    """
+    me = require_user(actor)
+    user = User.objects.select_for_update().get(pk=me.pk)
+    if (
+        not token
+        or not _email_secret_live(user)
+        or not secrets.matches(token, user.email_secret_hash)
+    ):
+        raise invalid(
+            ErrorCode.INVALID_VERIFICATION,
+            "This verification token is invalid, expired or already used.",
+        )
+    if user.pending_email:
+        if User.objects.filter(email__iexact=user.pending_email).exclude(pk=user.pk).exists():
+            raise invalid(ErrorCode.EMAIL_TAKEN, "A user with this email exists.")
+        user.email, user.pending_email = user.pending_email, ""
+    user.email_verified_at = timezone.now()
+    user.email_secret_hash, user.email_secret_expires_at = "", None
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:  # the address was taken meanwhile
+        raise invalid(ErrorCode.EMAIL_TAKEN, "A user with this email exists.") from None
     return user
 
 
@@ -231,11 +309,22 @@ def account_update(
     return account
 
 
-@transaction.atomic
 def account_delete(*, actor: Actor, account_id: uuid.UUID | str) -> None:
-    """Delete an account with its members and invitations (ADMIN)."""
+    """Delete an account with its members and invitations (ADMIN).
+
+    Safe while events arrive: the account row is locked first, so ingests that commit after
+    that wait and then find the account gone (incoming_data answers 401) instead of adding rows
+    the cascade did not collect; then the rows that reference it (deliveries being recorded
+    finish first). Retried once after a deadlock or a row that appeared at commit;
+    raises Contended (`unavailable`) if that persists."""
+    retry_contended(lambda: _account_delete(actor=actor, account_id=account_id), integrity=True)
+
+
+@transaction.atomic
+def _account_delete(*, actor: Actor, account_id: uuid.UUID | str) -> None:
     check(actor, Action.ACCOUNT_MANAGE, account_id)
-    account = Account.objects.get(pk=account_id)
+    account = Account.objects.select_for_update().get(pk=account_id)
+    lock_referencing_rows(account)
     _forget_secrets(account)
     account.delete()
 
@@ -300,26 +389,121 @@ def _ensure_admin_remains(membership: Membership, *, new_role: str | None) -> No
 @transaction.atomic
 def member_invite(
     *, actor: Actor, account_id: uuid.UUID | str, email: str, role: str
-) -> Membership | Invitation:
-    """Give `email` a role in the account (ADMIN). An existing user becomes a member at once;
-    an unknown email gets an invitation that turns into a membership when they sign up.
+) -> Invitation:
+    """Invite `email` to the account with `role` (ADMIN): a pending invitation whose
+    single-use secret (valid INVITATION_TTL_HOURS) is mailed to the address after commit. The
+    answer, the mail and the queries made are the same whether or not a user has the email;
+    nobody joins until the owner of the address accepts (`invitation_accept`). Inviting the
+    same email again refreshes the role, the secret and the expiry (the old secret dies) and
+    mails again. Returns the invitation.
 
-    Raises `already_member`, `already_invited`, `invalid`.
+    Raises `already_member` (a member of this account has the email), `invalid`.
     """
     check(actor, Action.MEMBER_MANAGE, account_id)
+    inviter = require_user(actor)
     email = _clean_email(email)
     role = _clean_role(role)
-    user = User.objects.filter(email__iexact=email).first()
-    if user is not None:
-        return _membership_insert(actor=actor, account_id=account_id, user=user, role=role)
-    invitation, created = Invitation.objects.get_or_create(
-        account_id=account_id,
+    account = Account.objects.get(pk=account_id)
+    if Membership.objects.filter(account=account, user__email__iexact=email).exists():
+        raise invalid(ErrorCode.ALREADY_MEMBER, "The user is already a member.")
+    raw = secrets.new_secret(Invitation.SECRET_PREFIX)
+    expires_at = timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS)
+    invitation, _ = Invitation.objects.update_or_create(
+        account=account,
         email=email,
-        defaults={"role": role, "invited_by": require_user(actor)},
+        defaults={
+            "role": role,
+            "invited_by": inviter,
+            "secret_hash": secrets.digest(raw),
+            "expires_at": expires_at,
+        },
     )
-    if not created:
-        raise invalid(ErrorCode.ALREADY_INVITED, "This email is already invited.", field="email")
+    mail.invitation_send(
+        to=email,
+        account_name=account.name,
+        role_label=Role(role).label,
+        token=raw,
+        expires_at=expires_at,
+    )
     return invitation
+
+
+def _invitation_for_token(raw: str, *, email: str, field: str | None = None) -> Invitation:
+    """The live invitation whose secret is `raw`, locked, if it was sent to `email`."""
+    invitation = (
+        Invitation.objects.select_for_update()
+        .filter(secret_hash=secrets.digest(raw), expires_at__gt=timezone.now())
+        .exclude(secret_hash="")
+        .first()
+    )
+    if invitation is None or not secrets.matches(raw, invitation.secret_hash):
+        raise invalid(
+            ErrorCode.INVALID_INVITATION,
+            "This invitation is invalid, expired or already used.",
+            field=field,
+        )
+    if invitation.email.lower() != email.lower():
+        raise invalid(
+            ErrorCode.INVALID_INVITATION,
+            "This invitation was sent to another email address.",
+            field=field,
+        )
+    return invitation
+
+
+def _invitation_consume(invitation: Invitation, *, user: User) -> Membership:
+    """Turn the invitation into `user`'s membership and delete it. Presenting its secret
+    proved that the user receives mail at the address, so the email counts as verified."""
+    if Membership.objects.filter(account_id=invitation.account_id, user=user).exists():
+        raise invalid(ErrorCode.ALREADY_MEMBER, "The user is already a member.")
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                account_id=invitation.account_id, user=user, role=invitation.role
+            )
+    except IntegrityError:  # accepted twice at the same moment
+        raise invalid(ErrorCode.ALREADY_MEMBER, "The user is already a member.") from None
+    invitation.delete()
+    if user.email_verified_at is None:
+        user.email_verified_at = timezone.now()
+        changes: dict[str, object] = {"email_verified_at": user.email_verified_at}
+        if not user.pending_email:  # a token for the current address is not needed any more
+            user.email_secret_hash, user.email_secret_expires_at = "", None
+            changes.update(email_secret_hash="", email_secret_expires_at=None)
+        User.objects.filter(pk=user.pk).update(**changes)
+    return membership
+
+
+@transaction.atomic
+def invitation_accept(*, actor: Actor, token: str) -> Membership:
+    """Join the account of the invitation whose secret is `token`, with its role. The caller's
+    email must be the invited address (case-insensitive); a pending email change does not
+    count until verified. Single-use: the invitation is deleted. Returns the membership.
+
+    Raises Unauthenticated; `invalid_invitation` (wrong, expired, used or revoked token, or
+    another address; nothing written); `already_member`.
+    """
+    user = require_user(actor)
+    invitation = _invitation_for_token(token, email=user.email)
+    return _invitation_consume(invitation, user=user)
+
+
+@transaction.atomic
+def invitation_revoke(*, actor: Actor, invitation_id: int | str) -> None:
+    """Delete a pending invitation (ADMIN); its secret stops working.
+
+    Raises NotFound (missing, or not in an account of the actor), Forbidden (NORMAL_USER).
+    """
+    require_user(actor)
+    pk = parse_pk(invitation_id)
+    visible = Invitation.objects.filter(account_id__in=account_ids(actor, Action.MEMBER_VIEW))
+    invitation = None if pk is None else visible.filter(pk=pk).first()
+    if invitation is None:
+        raise NotFound("Invitation")
+    check(actor, Action.MEMBER_MANAGE, invitation.account_id)
+    deleted, _ = Invitation.objects.filter(pk=invitation.pk).delete()
+    if not deleted:  # revoked or accepted meanwhile
+        raise NotFound("Invitation")
 
 
 def _membership_insert(
@@ -361,22 +545,32 @@ def _membership_for_change(actor: Actor, membership_id: int | str) -> Membership
 
 @transaction.atomic
 def member_update(*, actor: Actor, membership_id: int | str, role: str) -> Membership:
-    """Change a member's role (ADMIN). Raises `last_admin` when demoting the last ADMIN."""
+    """Change a member's role (ADMIN). Raises `last_admin` when demoting the last ADMIN,
+    NotFound when the member is missing (also when removed concurrently)."""
     membership = _membership_for_change(actor, membership_id)
     check(actor, Action.MEMBER_MANAGE, membership.account_id)
     role = _clean_role(role)
     _ensure_admin_remains(membership, new_role=role)
-    membership.role = role
-    membership.save(update_fields=["role", "updated_at"])
+    membership.role, membership.updated_at = role, timezone.now()
+    # Conditional on the row still existing: a removal that committed since the lookup makes
+    # this a missing member, not a failed save.
+    changed = Membership.objects.filter(pk=membership.pk).update(
+        role=role, updated_at=membership.updated_at
+    )
+    if not changed:
+        raise NotFound("Member")
     return membership
 
 
 @transaction.atomic
 def member_remove(*, actor: Actor, membership_id: int | str) -> None:
     """Remove a member (ADMIN; any member may remove themselves, i.e. leave).
-    Raises `last_admin` when removing the last ADMIN."""
+    Raises `last_admin` when removing the last ADMIN, NotFound when the member is missing (also
+    when removed concurrently)."""
     membership = _membership_for_change(actor, membership_id)
     if membership.user_id != require_user(actor).pk:
         check(actor, Action.MEMBER_MANAGE, membership.account_id)
     _ensure_admin_remains(membership, new_role=None)
-    membership.delete()
+    deleted, _ = Membership.objects.filter(pk=membership.pk).delete()
+    if not deleted:
+        raise NotFound("Member")

@@ -27,6 +27,11 @@ class SignupInput:
     password: str
     account_name: str
     full_name: str = ""
+    invitation_token: str | None = strawberry.field(
+        default=None,
+        description="The token of an invitation mailed to this email: accepted in the same "
+        "transaction (the email then counts as verified).",
+    )
 
 
 @strawberry.input
@@ -106,12 +111,22 @@ class IdentityQuery:
     def members(self, info: Info, account_id: strawberry.ID) -> list[Member]:
         return selectors.member_list(actor=context.user(info), account_id=account_id)  # type: ignore[return-value]
 
+    @strawberry_django.field(
+        description="Pending invitations of an account, expired ones included until re-sent "
+        "or revoked. ADMIN; empty for everyone else."
+    )
+    def invitations(self, info: Info, account_id: strawberry.ID) -> list[Invitation]:
+        return selectors.invitation_list(actor=context.user(info), account_id=account_id)  # type: ignore[return-value]
+
 
 @strawberry.type
 class IdentityMutation:
     @strawberry_django.mutation(
         description="Create a user and a first account where they are ADMIN; returns a token. "
-        "Codes: email_taken, invalid_password, invalid."
+        "Invitations to the email are not joined by signing up: pass invitationToken to accept "
+        "one, or accept later with invitationAccept. Without it a verification token is mailed "
+        "to the email (emailVerify). "
+        "Codes: email_taken, invalid_password, invalid, invalid_invitation."
     )
     def signup(self, info: Info, input: SignupInput) -> AuthPayload:
         user, _, token = services.user_signup(
@@ -119,12 +134,14 @@ class IdentityMutation:
             password=input.password,
             account_name=input.account_name,
             full_name=input.full_name,
+            invitation_token=input.invitation_token,
         )
         return AuthPayload(token=token, user=user)  # type: ignore[arg-type]
 
     @strawberry_django.mutation(
         description="Exchange email and password for a token. "
-        "Codes: invalid_credentials, throttled (too many failures per email or address)."
+        "Codes: invalid_credentials, throttled (too many failed password checks per email and "
+        "address, per address or per email)."
     )
     def login(self, info: Info, input: LoginInput) -> AuthPayload:
         user, token = services.user_login(
@@ -139,7 +156,13 @@ class IdentityMutation:
 
     @strawberry_django.mutation(
         description="Update a user: yourself (name, email, password with currentPassword), or "
-        "the name of a member of an account you administer."
+        "the name of a user exclusively yours: every account they belong to is one you "
+        "administer (otherwise permission_denied; superusers may rename anyone). A new email "
+        "becomes pendingEmail and takes effect (for login, membership and invitations) only "
+        "when the token mailed to it is passed to emailVerify; setting the current email "
+        "cancels a pending change. Codes: email_taken, invalid_credentials, invalid_password, "
+        "invalid, permission_denied, not_found, throttled (a wrong currentPassword counts as a "
+        "failed login)."
     )
     def user_update(self, info: Info, id: strawberry.ID, input: UserUpdateInput) -> User:
         return services.user_update(  # type: ignore[return-value]
@@ -150,7 +173,18 @@ class IdentityMutation:
             password=given(input.password),
             current_password=given(input.current_password),
             current_token=context.token(info),
+            client_address=context.client_address(info),
         )
+
+    @strawberry_django.mutation(
+        description="Prove your email with the token mailed to it (at signup, or to the new "
+        "address after userUpdate(email)): a pending email becomes your email, otherwise your "
+        "email is marked verified. Requires a token (login); single-use, valid "
+        "EMAIL_VERIFICATION_TTL_HOURS. Codes: invalid_verification (wrong, expired, used or "
+        "not yours; nothing changes), email_taken (the new address was taken meanwhile)."
+    )
+    def email_verify(self, info: Info, token: str) -> User:
+        return services.email_verify(actor=context.actor(info), token=token)  # type: ignore[return-value]
 
     @strawberry_django.mutation(
         description="Create an account where you are ADMIN. The app secret is returned only here."
@@ -188,8 +222,12 @@ class IdentityMutation:
         return AccountSecret(account=account, app_secret_token=secret)  # type: ignore[arg-type]
 
     @strawberry_django.mutation(
-        description="Give an email a role in an account. ADMIN. An existing user becomes a "
-        "Member at once; an unknown email gets an Invitation, turned into a membership at signup."
+        description="Invite an email to an account with a role. ADMIN. Always answers a pending "
+        "Invitation (never a Member, the same whether or not a user has the email) and mails "
+        "its single-use token to the address; nobody joins until a user logged in with that "
+        "email passes the token to invitationAccept (or signup) within INVITATION_TTL_HOURS. "
+        "Inviting the same email again refreshes the role, token and expiry and mails again. "
+        "Codes: already_member, invalid."
     )
     def member_invite(self, info: Info, input: MemberInviteInput) -> Member | Invitation:
         return services.member_invite(  # type: ignore[return-value]
@@ -198,6 +236,22 @@ class IdentityMutation:
             email=input.email,
             role=input.role,
         )
+
+    @strawberry_django.mutation(
+        description="Accept an invitation with the token from its mail: you join its account "
+        "with its role, and your email counts as verified. Requires a token (login) whose user's "
+        "email is the invited address; single-use. Codes: invalid_invitation (wrong, expired, "
+        "used or revoked token, or another address; nothing changes), already_member."
+    )
+    def invitation_accept(self, info: Info, token: str) -> Member:
+        return services.invitation_accept(actor=context.actor(info), token=token)  # type: ignore[return-value]
+
+    @strawberry_django.mutation(
+        description="Revoke a pending invitation; its token stops working. ADMIN."
+    )
+    def invitation_revoke(self, info: Info, id: strawberry.ID) -> Deleted:
+        services.invitation_revoke(actor=context.actor(info), invitation_id=id)
+        return Deleted(id=id)
 
     @strawberry_django.mutation(
         description="Add a user you can see (a member of another account you administer). ADMIN."

@@ -6,8 +6,10 @@ from datetime import datetime
 import strawberry
 import strawberry_django
 from strawberry import auto
+from strawberry.types import Info
 
 from identity import models
+from schema import context
 
 Role = strawberry.enum(models.Role, name="Role", description="A member's role in an account.")
 
@@ -18,6 +20,35 @@ class User:
     email: auto
     full_name: auto
     date_joined: datetime
+
+    @strawberry_django.field(
+        only=["email_verified_at"],
+        description="Whether you proved that you receive mail at `email` (a verification or "
+        "invitation token). Shown for yourself only: false for other users.",
+    )
+    def email_verified(self, root: models.User, info: Info) -> bool:
+        return _is_caller(root, info) and root.email_verified_at is not None
+
+    @strawberry_django.field(
+        only=["pending_email"],
+        description="A new address you asked for, waiting for the token mailed to it "
+        "(`emailVerify`); until then `email` stays in force. Shown for yourself only: null "
+        "for other users.",
+    )
+    def pending_email(self, root: models.User, info: Info) -> str | None:
+        return (root.pending_email or None) if _is_caller(root, info) else None
+
+
+def _is_caller(user: models.User, info: Info) -> bool:
+    if getattr(user, _OWN_PAYLOAD, False):
+        return True
+    actor = context.actor(info)
+    return isinstance(actor, models.User) and actor.pk == user.pk
+
+
+# Marks the user of an AuthPayload: signup and login answer the user their own state, though
+# the request that signed up or logged in carried no token.
+_OWN_PAYLOAD = "_datapusher_own_payload"
 
 
 @strawberry_django.type(models.Account, name="Account")
@@ -53,12 +84,16 @@ class Invitation:
     role: Role  # type: ignore[valid-type]
     account: Account
     created_at: datetime
+    expires_at: datetime
 
 
 @strawberry.type
 class AuthPayload:
     token: str = strawberry.field(description="Bearer token; send as `Authorization: Bearer …`.")
     user: User
+
+    def __post_init__(self) -> None:
+        setattr(self.user, _OWN_PAYLOAD, True)
 
 
 @strawberry.type

@@ -1,7 +1,11 @@
 """What the identity tests share besides fixtures: a snapshot of every identity row, and the
 exact OperationInfo payloads of the common refusals."""
 
+import re
+from collections.abc import Callable
 from typing import Any
+
+from django.core import mail
 
 from identity.models import Account, AuthToken, Invitation, Membership, User
 from tests.expect import (  # noqa: F401  (re-exported for the tests)
@@ -33,3 +37,14 @@ def db_state() -> dict[str, list[tuple[Any, ...]]]:
             )
         ),
     }
+
+
+# `gql` with the on-commit callbacks (the mails) run, as tests/identity/conftest.py's `call`.
+Call = Callable[..., dict[str, Any]]
+
+
+def mailed_token(message: mail.EmailMessage, prefix: str) -> str:
+    """The one secret with `prefix` that a mail carries."""
+    tokens = set(re.findall(re.escape(prefix) + r"[\w-]+", str(message.body)))
+    assert len(tokens) == 1, message.body
+    return tokens.pop()

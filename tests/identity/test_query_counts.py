@@ -70,3 +70,34 @@ def test_large_lists_are_complete(gql: GraphQL, admin: Persona, account: Account
     assert [len(a["members"]) for a in accounts] == [50] + [2] * 49
     assert len(members) == 50
     assert {m["account"]["name"] for m in members} == {"Acme"}
+
+
+INVITATIONS = (
+    "query ($id: ID!) { invitations(accountId: $id) { id email role expiresAt account { name } } }"
+)
+USERS_WITH_EMAIL_STATE = "{ users { id email emailVerified pendingEmail } }"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # token lookup, invitations with their account joined
+        (INVITATIONS, 2),
+        # token lookup, users (the email state is read from the same rows)
+        (USERS_WITH_EMAIL_STATE, 2),
+    ],
+)
+def test_invitations_and_email_state_cost_the_same_for_5_and_50_rows(
+    gql: GraphQL, admin: Persona, account: Account, query: str, expected: int
+) -> None:
+    variables = {"id": str(account.pk)} if "$id" in query else {}
+    gql("{ me { id } }", persona=admin)
+    counts = []
+    for rows in (5, 50):
+        for n in range(account.invitations.count(), rows):
+            account.invitations.create(email=f"invited{n}@example.com", role="NORMAL_USER")
+        _grow(admin, account, rows)
+        counts.append(_count(gql, admin, query, variables))
+
+    assert counts == [expected, expected]
+    assert account.invitations.count() == 50

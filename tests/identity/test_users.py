@@ -65,11 +65,18 @@ def test_users_filter_by_email_only_narrows_what_the_caller_may_see(
 # --- userUpdate: yourself ---------------------------------------------------------------------
 
 
-def test_user_can_change_own_email(gql: GraphQL, normal_user: Persona) -> None:
+def test_own_email_change_waits_for_verification(gql: GraphQL, normal_user: Persona) -> None:
     payload = _update(gql, normal_user, normal_user, email=" Nora@Example.org ")
 
-    assert payload == {"__typename": "User", "email": "nora@example.org", "fullName": "Nora Normal"}
-    assert _can_log_in(gql, "nora@example.org", PASSWORD)
+    # The change is pending (test_email_ownership.py follows it through emailVerify).
+    assert payload == {
+        "__typename": "User",
+        "email": "normal@example.com",
+        "fullName": "Nora Normal",
+    }
+    assert User.objects.get(email="normal@example.com").pending_email == "nora@example.org"
+    assert _can_log_in(gql, "normal@example.com", PASSWORD)
+    assert not _can_log_in(gql, "nora@example.org", PASSWORD)
 
 
 def test_user_cannot_take_an_email_in_use(

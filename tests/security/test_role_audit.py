@@ -15,11 +15,13 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.apps import apps
+from django.utils import timezone
 from graphql import (
     GraphQLField,
     GraphQLObjectType,
@@ -32,7 +34,8 @@ from graphql import (
 )
 
 from delivery.models import DeliveryAttempt, DeliveryLog, Destination, Event
-from identity.models import Account, AuthToken, Membership, Role
+from identity import secrets
+from identity.models import Account, AuthToken, Invitation, Membership, Role, User
 from schema import schema as app_schema
 from tests.conftest import GraphQL, Persona, error_codes
 from tests.factories import PASSWORD, add_member, make_account, make_user
@@ -46,6 +49,8 @@ ROOTS = {
 }
 PERSONAS = ["anonymous", "outsider", "normal_user", "admin"]
 SELECTION_DEPTH = 3
+INVITATION_TOKEN = "dpi_" + "AuditInvitationTokenForInviteeAtExample0000"
+EMAIL_TOKEN = "dpv_" + "AuditEmailTokenForTheAdminsPendingChange0000"
 
 
 # --- The world: Acme and what points at it ------------------------------------------------------
@@ -105,6 +110,20 @@ def world(personas: dict[str, Persona], account: Account) -> World:
         status_code=500,
         response_body="acme-response",
     )
+    # An invitation of Acme to an address none of the personas has, whose token everyone holds,
+    # and a pending email change of the admin.
+    Invitation.objects.create(
+        account=account,
+        email="invitee@example.com",
+        role=Role.ADMIN,
+        secret_hash=secrets.digest(INVITATION_TOKEN),
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    User.objects.filter(pk=admin.pk).update(
+        pending_email="admin-new@example.com",
+        email_secret_hash=secrets.digest(EMAIL_TOKEN),
+        email_secret_expires_at=timezone.now() + timedelta(days=1),
+    )
     # The outsider's own account has data too: their answers are not empty by accident.
     other = Account.objects.get(name="Other")
     own = Destination.objects.create(
@@ -140,6 +159,8 @@ def world(personas: dict[str, Persona], account: Account) -> World:
             "acme-payload",
             "acme-error",
             "acme-response",
+            "invitee@example.com",
+            "admin-new@example.com",
             destination.signing_secret,
         ],
         secret=destination.signing_secret,
@@ -297,6 +318,13 @@ AUDIT: dict[str, Audit] = {
         Allowed(check=_acme_members),
         Allowed(check=_acme_members),
     ),
+    "Query.invitations": Audit(
+        lambda w: {"accountId": str(w.acme.pk)},
+        UNAUTH,
+        Empty(),
+        Empty(),  # ADMIN only
+        Allowed(check=lambda d, w, p: [i["email"] for i in d] == ["invitee@example.com"]),
+    ),
     "Query.destinations": Audit(
         lambda w: {"filters": {"accountId": str(w.acme.pk)}},
         UNAUTH,
@@ -344,6 +372,20 @@ AUDIT: dict[str, Audit] = {
         *[Refused("invalid_credentials")] * 4,
     ),
     # --- mutations: the caller's own things ---
+    # Holding an invitation's token is not enough: it was sent to an address nobody here has.
+    "Mutation.invitationAccept": Audit(
+        lambda w: {"token": INVITATION_TOKEN},
+        UNAUTH,
+        *[Refused("invalid_invitation")] * 3,
+    ),
+    # The token of the admin's pending email change works for the admin only.
+    "Mutation.emailVerify": Audit(
+        lambda w: {"token": EMAIL_TOKEN},
+        UNAUTH,
+        Refused("invalid_verification"),
+        Refused("invalid_verification"),
+        Allowed("User", lambda d, w, p: d["email"] == "admin-new@example.com"),
+    ),
     "Mutation.logout": Audit(_no_args, UNAUTH, Allowed("Done"), Allowed("Done"), Allowed("Done")),
     "Mutation.accountCreate": Audit(
         lambda w: {"input": {"name": "Mine"}},
@@ -372,6 +414,9 @@ AUDIT: dict[str, Audit] = {
             "input": {"accountId": str(w.acme.pk), "email": "new@example.com", "role": "ADMIN"}
         },
         "Invitation",
+    ),
+    "Mutation.invitationRevoke": _acme_admin_only(
+        lambda w: {"id": str(w.acme.invitations.get().pk)}, "Deleted"
     ),
     "Mutation.memberAdd": _acme_admin_only(
         lambda w: {
@@ -459,7 +504,12 @@ def test_the_table_never_lets_anonymous_or_outsider_at_acme() -> None:
         # The outsider may only get nothing, a refusal, or something of their own.
         assert isinstance(outsider, Null | Empty | Refused | Allowed), name
         if isinstance(outsider, Refused):
-            assert outsider.code in {"not_found", "invalid_credentials"}, name
+            assert outsider.code in {
+                "not_found",
+                "invalid_credentials",
+                "invalid_invitation",
+                "invalid_verification",
+            }, name
 
 
 def test_every_admin_only_mutation_is_refused_to_normal_user_as_permission_denied() -> None:
