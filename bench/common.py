@@ -68,6 +68,7 @@ def child_env(**overrides: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="bench.settings",
         SECRET_KEY="bench-only-not-secret",
         DEBUG="0",
+        ENCRYPTION_KEYS="YUyEvR7hdW61cRdzeTeEC7FknwCNycWzc4yoHq6xRUA=",  # bench-only key
         DATABASE_URL=DATABASE_URL,
         DATABASE_CONN_MAX_AGE="0",
         REDIS_URL=REDIS_URL,
@@ -75,6 +76,7 @@ def child_env(**overrides: str) -> dict[str, str]:
         CACHE_KEY_PREFIX=HUEY_NAME,
         DELIVERY_ALLOW_PRIVATE_NETWORKS="1",
         INCOMING_RATE_LIMIT="0",
+        WS_MAX_CONNECTIONS_PER_USER="5000",  # the fan-out bench opens 1,000 sockets per user
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(ROOT),

@@ -6,15 +6,15 @@ database after a reconnect.
 """
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +24,8 @@ from django.conf import settings
 from django.db.models import Q
 
 from delivery.models import DeliveryLog
-from identity import secrets
-from identity.auth import token_user
+from delivery.selectors import LogFilters, apply_log_filters, log_matches
 from identity.errors import NotFound, Unauthenticated
-from identity.models import Account
-from identity.permissions import Action, account_ids
 
 logger = logging.getLogger(__name__)
 
@@ -125,33 +122,20 @@ def _publisher_loop() -> asyncio.AbstractEventLoop:
 # --- Subscriber side ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LiveFilters:
-    destination_id: str | None = None
-    statuses: tuple[str, ...] = ()
-    event_id: str | None = None
+def recheck_interval() -> float:
+    """How often a live stream re-checks access, and how long a shared access answer may be
+    reused: half of LIVE_RECHECK_SECONDS, so that a change behind a reused answer is still acted
+    on within LIVE_RECHECK_SECONDS."""
+    interval: float = settings.LIVE_RECHECK_SECONDS / 2
+    return interval
 
 
+# Ids of the accounts whose logs the caller may view now (of those asked for). Supplied by the
+# transport, which knows who the caller is; raises Unauthenticated once the caller is not.
+AccessCheck = Callable[[], Awaitable[Collection[str]]]
 ListenFactory = Callable[..., AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]]
 
 CATCH_UP_CHUNK = 500
-
-
-def _visible_accounts(token: str | None, account_id: str | None) -> set[str]:
-    """Account ids whose logs the token's user may view (all of them, or the one asked for).
-    Raises Unauthenticated for a missing/expired/revoked token."""
-    user = token_user(token)
-    if user is None:
-        raise Unauthenticated()
-    ids = {
-        str(pk)
-        for pk in Account.objects.filter(pk__in=account_ids(user, Action.LOG_VIEW)).values_list(
-            "pk", flat=True
-        )
-    }
-    if account_id is None:
-        return ids
-    return {str(account_id)} & ids
 
 
 def _load(log_ids: list[int]) -> dict[int, DeliveryLog]:
@@ -161,26 +145,11 @@ def _load(log_ids: list[int]) -> dict[int, DeliveryLog]:
     return logs.in_bulk(log_ids)
 
 
-# Per process, so that many subscribers cost one database read per message and one access
-# check per user and LIVE_RECHECK_SECONDS, not one each per subscriber.
-_access: dict[tuple[str, str | None], tuple[float, set[str]]] = {}
+# Per process, so that many subscribers cost one database read per message, not one each.
 _loads: OrderedDict[tuple[Any, ...], tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = (
     OrderedDict()
 )
 SHARED_LOADS = 256
-
-
-async def _accounts_for(token: str | None, account_id: str | None) -> set[str]:
-    key = (secrets.digest(token or ""), account_id)
-    now = time.monotonic()
-    cached = _access.get(key)
-    if cached is not None and now - cached[0] < settings.LIVE_RECHECK_SECONDS:
-        return cached[1]
-    accounts = await sync_to_async(_visible_accounts)(token, account_id)
-    if len(_access) > 10_000:
-        _access.clear()
-    _access[key] = (now, accounts)
-    return accounts
 
 
 async def _load_shared(updates: list[dict[str, Any]]) -> dict[int, DeliveryLog]:
@@ -198,7 +167,7 @@ async def _load_shared(updates: list[dict[str, Any]]) -> dict[int, DeliveryLog]:
 
 
 def _catch_up_chunk(
-    accounts: set[str], filters: LiveFilters, after: tuple[datetime, int]
+    accounts: set[str], filters: LogFilters, after: tuple[datetime, int]
 ) -> list[DeliveryLog]:
     logs = (
         DeliveryLog.objects.select_related("event", "destination", "account")
@@ -206,45 +175,72 @@ def _catch_up_chunk(
         .filter(account_id__in=accounts)
         .filter(Q(updated_at__gt=after[0]) | Q(updated_at=after[0], pk__gt=after[1]))
     )
-    if filters.destination_id is not None:
-        logs = logs.filter(destination_id=filters.destination_id)
-    if filters.statuses:
-        logs = logs.filter(status__in=filters.statuses)
-    if filters.event_id is not None:
-        logs = logs.filter(event__event_id=filters.event_id)
+    logs = apply_log_filters(logs, filters)
     return list(logs.order_by("updated_at", "pk")[:CATCH_UP_CHUNK])
 
 
-def _matches(update: dict[str, Any], accounts: set[str], filters: LiveFilters) -> bool:
-    return (
-        update["account_id"] in accounts
-        and (
-            filters.destination_id is None
-            or str(update["destination_id"]) == str(filters.destination_id)
-        )
-        and (not filters.statuses or update["status"] in filters.statuses)
-    )
+async def _with_ticks(
+    messages: AsyncIterator[dict[str, Any]], interval: float
+) -> AsyncGenerator[dict[str, Any] | None]:
+    """`messages`, and None whenever `interval` seconds pass without one, so an idle stream
+    still wakes up to re-check access. The pending read is never cancelled by a tick (that
+    would end the channel's generator), only when this generator closes."""
+    pending = asyncio.ensure_future(anext(messages))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                message = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(messages))
+            yield message
+    finally:
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await pending
 
 
 async def log_stream(
     *,
-    token: str | None,
-    account_id: str | None,
-    filters: LiveFilters,
+    access: AccessCheck,
+    filters: LogFilters,
     since: datetime | None,
     listen: ListenFactory,
 ) -> AsyncIterator[DeliveryLog]:
     """Every status change of the matching logs, as DeliveryLog rows carrying the status of
-    that change (so no transition is skipped even if the row has moved on since).
+    that change (so no transition is skipped even if the row has moved on since). `filters`
+    are the `logs` query's (selectors.apply_log_filters / log_matches): a malformed id matches
+    nothing.
 
     With `since`, first the current state of every matching log changed after `since`, then
     live changes; the groups are joined before the database is read, and a live change older
     than or equal to what the catch-up already showed is dropped, so there is no gap and no
-    duplicate at the seam. Access is re-checked at most every LIVE_RECHECK_SECONDS: a revoked
-    token or lost membership ends the stream (or drops that account's changes)."""
-    accounts = await _accounts_for(token, account_id)
+    duplicate at the seam.
+
+    `access` is asked at the start (no account: raises NotFound) and again every
+    `recheck_interval()`, also while no change arrives: an account no longer visible is
+    dropped, and the stream ends when none is left or the caller is no longer authenticated."""
+    accounts = set(await access())
     if not accounts:
         raise NotFound("Account")
+    checked = time.monotonic()
+
+    async def recheck() -> bool:
+        nonlocal accounts, checked
+        if time.monotonic() - checked < recheck_interval():
+            return True
+        try:
+            # Never widened: a membership gained later has no joined group.
+            accounts &= set(await access())
+        except Unauthenticated:
+            return False
+        checked = time.monotonic()
+        return bool(accounts)
+
     shown: dict[int, datetime] = {}
     async with listen(MESSAGE_TYPE, groups=[group_name(a) for a in sorted(accounts)]) as messages:
         if since is not None:
@@ -254,36 +250,33 @@ async def log_stream(
                     shown[log.pk] = log.updated_at
                     yield log
                 cursor = (chunk[-1].updated_at, chunk[-1].pk)
-        checked = time.monotonic()
-        async for message in messages:
-            if time.monotonic() - checked >= settings.LIVE_RECHECK_SECONDS:
-                try:
-                    accounts = await _accounts_for(token, account_id)
-                except Unauthenticated:
+                if not await recheck():
                     return
-                if not accounts:
+        async with contextlib.aclosing(_with_ticks(messages, recheck_interval())) as ticks:
+            async for message in ticks:
+                if not await recheck():
                     return
-                checked = time.monotonic()
-            updates = [
-                u
-                for u in message["updates"]
-                if _matches(u, accounts, filters)
-                and not (
-                    u["log_id"] in shown
-                    and u["updated_at"] is not None
-                    and datetime.fromisoformat(u["updated_at"]) <= shown[u["log_id"]]
-                )
-            ]
-            if not updates:
-                continue
-            logs = await _load_shared(updates)
-            for update in updates:
-                shared = logs.get(update["log_id"])
-                if shared is None:
+                if message is None:
                     continue
-                row = copy.copy(shared)  # other subscribers hold the same row
-                if filters.event_id is not None and row.event.event_id != filters.event_id:
+                updates = [
+                    u
+                    for u in message["updates"]
+                    if u["account_id"] in accounts
+                    and not (
+                        u["log_id"] in shown
+                        and u["updated_at"] is not None
+                        and datetime.fromisoformat(u["updated_at"]) <= shown[u["log_id"]]
+                    )
+                ]
+                if not updates:
                     continue
-                row.status = update["status"]
-                row.attempt_count = update["attempt_count"]
-                yield row
+                logs = await _load_shared(updates)
+                for update in updates:
+                    shared = logs.get(update["log_id"])
+                    if shared is None:
+                        continue
+                    row = copy.copy(shared)  # other subscribers hold the same row
+                    row.status = update["status"]
+                    row.attempt_count = update["attempt_count"]
+                    if log_matches(row, filters):
+                        yield row

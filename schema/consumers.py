@@ -1,28 +1,176 @@
 """GraphQL over WebSocket (`graphql-transport-ws` only: the legacy `graphql-ws` subprotocol is
-not offered, see STACK.md trap 9 and CVE-2026-35523)."""
+not offered, see STACK.md trap 9 and CVE-2026-35523).
+
+Only subscriptions are served over the socket; queries and mutations go to POST /graphql/,
+where every request is authenticated on its own. An open socket stays authorized as of now: a
+watchdog re-resolves its token every `recheck_interval()` and closes the socket (4403) once the
+token is revoked or expired or its user deactivated, and streams re-check memberships
+themselves (delivery/live.py)."""
 
 import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.cache import cache
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from strawberry.channels import GraphQLWSConsumer
+from strawberry.channels.handlers.ws_handler import ChannelsWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    SubscribeMessage,
+)
 from strawberry.types.unset import UNSET, UnsetType
 
 from delivery import live
-from identity.auth import token_from_header, token_user
+from identity.auth import token_from_header
+from identity.errors import ErrorCode
+from schema.context import socket_user
+
+logger = logging.getLogger(__name__)
+
+OPERATION_NOT_ALLOWED = ErrorCode.OPERATION_NOT_ALLOWED.value
+NOT_A_SUBSCRIPTION = (
+    "Only subscriptions are served over the WebSocket; send queries and mutations to "
+    "POST /graphql/."
+)
+TOKEN_INVALID = (4403, "Token revoked or expired")
+TOO_MANY = (4429, "Too many open connections")
+TOO_DEEP = (4400, "WebSocket message nested too deeply")
+# Deeper JSON than any operation of ours needs; deeper still would exhaust the stack.
+MAX_MESSAGE_DEPTH = 64
+
+
+class SocketRejected(Exception):
+    """Refuse a `connection_init` with this close code and reason (strawberry's own
+    ConnectionRejectionError always closes with 4403 Forbidden)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _is_subscription(query: object, operation_name: object) -> bool | None:
+    """Whether the operation to run is a subscription; None when the document does not say
+    (unparsable, ambiguous): strawberry then answers as it always does."""
+    if not isinstance(query, str) or not isinstance(operation_name, str | None):
+        return None
+    try:
+        document = parse(query, no_location=True, max_tokens=settings.GRAPHQL_MAX_TOKENS)
+    except (GraphQLError, RecursionError):
+        return None
+    operation = get_operation_ast(document, operation_name)
+    return None if operation is None else operation.operation == OperationType.SUBSCRIPTION
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of decoded JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_MESSAGE_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class _Adapter(ChannelsWebSocketAdapter):
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object]:
+        """Messages nested too deeply to decode or handle close the socket (4400) instead of
+        killing the handler, which would leave the socket open and deaf."""
+        try:
+            async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
+                if _depth(message) > MAX_MESSAGE_DEPTH:
+                    await self.close(*TOO_DEEP)
+                    return
+                yield message
+        except RecursionError:
+            await self.close(*TOO_DEEP)
+
+
+class _Handler(BaseGraphQLTransportWSHandler[None, None]):
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except SocketRejected as rejected:
+            await self.websocket.close(code=rejected.code, reason=rejected.reason)
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        payload: Any = message.get("payload")
+        if (
+            self.connection_acknowledged
+            and isinstance(payload, dict)
+            and message.get("id") not in self.operations
+            and _is_subscription(payload.get("query"), payload.get("operationName")) is False
+        ):
+            error = GraphQLError(NOT_A_SUBSCRIPTION, extensions={"code": OPERATION_NOT_ALLOWED})
+            await self.send_message(
+                {"id": message["id"], "type": "error", "payload": [error.formatted]}
+            )
+            return
+        await super().handle_subscribe(message)
+
+
+# --- Open sockets per user: WS_MAX_CONNECTIONS_PER_USER slots in the (shared) cache ----------
+
+# A slot not refreshed for this long is free again (its process died without releasing it).
+SLOT_TTL_SECONDS = 60.0
+SLOT_REFRESH_SECONDS = SLOT_TTL_SECONDS / 3
+
+
+def _slot_keys(user_id: object) -> list[str]:
+    return [f"ws-slot:{user_id}:{i}" for i in range(settings.WS_MAX_CONNECTIONS_PER_USER)]
+
+
+def slot_acquire(user_id: object, owner: str) -> str | None:
+    """Take one of the user's free slots (an atomic `add`, so concurrent sockets in any process
+    never share one); its key, or None when every slot is taken."""
+    keys = _slot_keys(user_id)
+    taken = cache.get_many(keys)
+    for key in keys:
+        if key not in taken and cache.add(key, owner, timeout=SLOT_TTL_SECONDS):
+            return key
+    return None
+
+
+def slot_refresh(key: str, owner: str) -> None:
+    if cache.get(key) == owner:
+        cache.touch(key, SLOT_TTL_SECONDS)
+    else:  # expired meanwhile: take it back if it is still free
+        cache.add(key, owner, timeout=SLOT_TTL_SECONDS)
+
+
+def slot_release(key: str, owner: str) -> None:
+    if cache.get(key) == owner:
+        cache.delete(key)
 
 
 class LiveConsumer(GraphQLWSConsumer):
-    """Authenticates once, from `connection_init` {"authToken": "<token>"} or an
-    `Authorization: Bearer` header on the upgrade request; a bad, expired or revoked token
-    closes the socket with 4403. Browser origins other than the server's own must be listed
-    in WS_ALLOWED_ORIGINS."""
+    """Authenticates from `connection_init` {"authToken": "<token>"} or an `Authorization:
+    Bearer` header on the upgrade request; a bad, expired or revoked token closes the socket
+    with 4403 (Forbidden), and so does the watchdog once it stops being valid ("Token revoked
+    or expired"). More than WS_MAX_CONNECTIONS_PER_USER open sockets of a user: 4429. Browser
+    origins other than the server's own must be listed in WS_ALLOWED_ORIGINS."""
 
+    graphql_transport_ws_handler_class = _Handler
+    websocket_adapter_class = _Adapter
     auth_token: str | None = None
+    _slot: tuple[str, str] | None = None  # (cache key, owner)
+    _watchdog: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, schema: Any) -> Any:
@@ -40,8 +188,13 @@ class LiveConsumer(GraphQLWSConsumer):
         await super().connect()
 
     async def disconnect(self, code: int) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.run_task is not None:
             await super().disconnect(code)
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            await sync_to_async(slot_release)(*slot)
 
     async def on_ws_connect(self, context: Any) -> UnsetType | dict[str, object] | None:
         params = context.get("connection_params") or {}
@@ -49,11 +202,43 @@ class LiveConsumer(GraphQLWSConsumer):
         if not isinstance(raw, str) or not raw:
             headers = dict(self.scope.get("headers", []))
             raw = token_from_header(headers.get(b"authorization", b"").decode("latin1"))
-        user = await sync_to_async(token_user)(raw) if raw else None
+        user = await socket_user(raw)
         if user is None:
             raise ConnectionRejectionError()
+        owner = uuid.uuid4().hex
+        slot = await sync_to_async(slot_acquire)(user.pk, owner)
+        if slot is None:
+            raise SocketRejected(*TOO_MANY)
+        self._slot = (slot, owner)
         self.scope["user"] = user
         self.auth_token = raw
         # Lets worker threads of this process reach the in-memory channel layer (embedded).
         live.bind_server_loop(asyncio.get_running_loop())
+        self._watchdog = asyncio.create_task(self._watch())
         return UNSET
+
+    async def _watch(self) -> None:
+        """Re-resolve the token every `recheck_interval()`, also while nothing flows; keep the
+        fresh user in the scope (roles and superuser status as of now) and the slot alive."""
+        refreshed = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(live.recheck_interval())
+                user = await socket_user(self.auth_token)
+                if user is None:
+                    await self._shut(*TOKEN_INVALID)
+                    return
+                self.scope["user"] = user
+                if self._slot is not None and time.monotonic() - refreshed >= SLOT_REFRESH_SECONDS:
+                    await sync_to_async(slot_refresh)(*self._slot)
+                    refreshed = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # cannot tell whether the token is still valid: fail closed
+            logger.exception("WebSocket authorization check failed")
+            await self._shut(1011, "Authorization check failed")
+
+    async def _shut(self, code: int, reason: str) -> None:
+        await self.close(code=code, reason=reason)
+        # End the handler and its operations now, not when the client acknowledges the close.
+        self.message_queue.put_nowait({"message": None, "disconnected": True})

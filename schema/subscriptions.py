@@ -4,27 +4,51 @@ from collections.abc import AsyncGenerator
 from datetime import datetime
 
 import strawberry
+from asgiref.sync import sync_to_async
 from strawberry.types import Info
 
-from delivery import live
+from delivery import live, selectors
+from identity.errors import Unauthenticated
+from identity.models import User
+from schema import context
 from schema.delivery_types import DeliveryLog, LogStatus
 
 
 @strawberry.input(description="Narrow a live stream of delivery logs.")
 class LogUpdateFilter:
-    destination: strawberry.ID | None = None
-    status: list[LogStatus] | None = None  # type: ignore[valid-type]
-    event_id: str | None = None
+    destination: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="Only this destination's logs (a malformed id matches nothing, as in `logs`).",
+    )
+    status: list[LogStatus] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Any of these statuses (null or empty: any status)."
+    )
+    event_id: str | None = strawberry.field(default=None, description="The event's CL-X-EVENT-ID.")
+
+
+# Which accounts' logs a user may view, shared by the user's streams in this process.
+_log_access: context.Recent[tuple[int, bool, str | None], frozenset[str]] = context.Recent()
+
+
+async def _log_accounts(user: User, account_id: str | None) -> frozenset[str]:
+    return await _log_access.get(
+        (user.pk, user.is_superuser, account_id),
+        lambda: sync_to_async(selectors.log_account_ids)(actor=user, account_id=account_id),
+    )
 
 
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
         description="Every status change (queued, sending, retrying, success, failed) of the "
-        "delivery logs of `accountId` (default: all your accounts), for members of the account. "
-        "With `since`, first the current state of every matching log changed after that time, "
-        "then live changes, with no gap or duplicate at the seam. Token in the connection_init "
-        "payload: {authToken}. Losing access ends the stream."
+        "delivery logs of `accountId` (default: all your accounts), for members of the account "
+        "(any role). With `since`, first the current state of every matching log changed after "
+        "that time, then live changes, with no gap or duplicate at the seam. Over the WebSocket "
+        "(`graphql-transport-ws`), token in the connection_init payload: {authToken}; only "
+        "subscriptions are served there (queries and mutations: operation_not_allowed). Access "
+        "is re-checked at least every LIVE_RECHECK_SECONDS (default 1), idle or not: losing "
+        "membership of an account drops its changes and the stream completes when no account "
+        "is left; a revoked or expired token or a deactivated user closes the socket (4403)."
     )
     async def log_updates(
         self,
@@ -34,13 +58,20 @@ class Subscription:
         since: datetime | None = None,
     ) -> AsyncGenerator[DeliveryLog, None]:
         ws = info.context["ws"]
+        asked = str(account_id) if account_id is not None else None
+
+        async def access() -> frozenset[str]:
+            user = await context.socket_user(ws.auth_token)
+            if user is None:
+                raise Unauthenticated()
+            return await _log_accounts(user, asked)
+
         f = filters or LogUpdateFilter()
         stream = live.log_stream(
-            token=ws.auth_token,
-            account_id=str(account_id) if account_id is not None else None,
-            filters=live.LiveFilters(
+            access=access,
+            filters=selectors.LogFilters(
                 destination_id=str(f.destination) if f.destination is not None else None,
-                statuses=tuple(_status_value(s) for s in f.status or ()),
+                statuses=[_status_value(s) for s in f.status] if f.status else None,
                 event_id=f.event_id,
             ),
             since=since,
