@@ -9,13 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from delivery import live, selectors, transport
@@ -29,12 +28,19 @@ from delivery.models import (
     LogStatus,
 )
 from identity.errors import NotFound, invalid
+from identity.ids import parse_uuid
+from identity.models import Account
 from identity.permissions import Action, Actor, account_ids, check, require_user
+from project.db import Contended, is_contended, retry_contended
 
 logger = logging.getLogger(__name__)
 
 MAX_HEADERS = 50
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# RFC 9110 §5.5 field-value without obs-text: visible ASCII, with spaces and tabs only between
+# visible characters (or empty). Bytes above 0x7F are read differently by different receivers,
+# and http.client cannot encode anything beyond Latin-1 at all.
+_HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e](?:[\x20\x21-\x7e\t]*[\x21-\x7e])?)?\Z")
 RESERVED_HEADERS = frozenset(
     {
         # hop-by-hop (RFC 9110 §7.6.1) and framing
@@ -63,6 +69,9 @@ RESERVED_HEADERS = frozenset(
 
 
 def _clean_url(url: str) -> str:
+    """The URL as given (stripped), if Django's URLValidator accepts it and the HTTP client
+    reads the same host and port from it as the standard library (transport.parse_url: no
+    backslash, no `user:password@`). Raises `invalid_url`."""
     url = url.strip()
     try:
         URLValidator(schemes=["http", "https"])(url)
@@ -72,7 +81,11 @@ def _clean_url(url: str) -> str:
         ) from None
     if len(url) > 2000:
         raise invalid(DeliveryErrorCode.INVALID_URL, "At most 2000 characters.", field="url")
-    if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS and not _public_host(url):
+    try:
+        target = transport.parse_url(url)
+    except transport.InvalidURL as error:
+        raise invalid(DeliveryErrorCode.INVALID_URL, str(error), field="url") from None
+    if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS and not _public_host(target):
         raise invalid(
             DeliveryErrorCode.INVALID_URL,
             "Private, loopback and link-local destinations are not allowed.",
@@ -81,19 +94,15 @@ def _clean_url(url: str) -> str:
     return url
 
 
-def _public_host(url: str) -> bool:
-    """False when the URL's host is, or resolves to, a non-public address (any of its DNS
-    answers). A name that does not resolve now is let through: every delivery checks again."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):  # whatever the resolver says
+def _public_host(target: transport.Target) -> bool:
+    """False when the target's host is, or resolves to, a non-public address (any of its DNS
+    answers). A name that does not resolve now is let through: every delivery checks again,
+    with the same host and port (the HTTP client's reading of the URL)."""
+    name = target.host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):  # whatever the resolver says
         return False
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # out of range: no delivery can connect anyway
-        port = 80
-    try:
-        transport.check_host(host, port)
+        transport.check_host(target.host, target.port)
     except transport.BlockedAddress:
         return False
     except OSError:  # does not resolve (requests.ConnectionError)
@@ -125,6 +134,11 @@ def _clean_headers(headers: Any) -> dict[str, str]:
             raise bad(f"Invalid header name: {name!r}.")
         if not isinstance(value, str) or "\r" in value or "\n" in value or len(value) > 4096:
             raise bad(f"Header {name} must be a single-line string of at most 4096 characters.")
+        if not _HEADER_VALUE.match(value):
+            raise bad(
+                f"Header {name} may hold only visible ASCII characters, with spaces or tabs "
+                "between them."
+            )
         lower = name.lower()
         if lower in RESERVED_HEADERS:
             raise bad(f"Header {name} is set by Data Pusher or is hop-by-hop; it cannot be set.")
@@ -134,7 +148,8 @@ def _clean_headers(headers: Any) -> dict[str, str]:
     return dict(headers)
 
 
-def _forget_destinations(account_id: object) -> None:
+def _forget_destinations(account_id: uuid.UUID) -> None:
+    # A UUID, never the caller's spelling: the key must be the one the ingest path reads.
     key = selectors.destinations_cache_key(account_id)
     transaction.on_commit(lambda: cache.delete(key))
 
@@ -160,11 +175,18 @@ def destination_create(
 ) -> Destination:
     """Add a destination to an account (ADMIN) with a new signing secret.
 
-    Raises ValidationError `invalid_url`, `invalid_method`, `invalid_headers`."""
+    `account_id` may be any spelling of a UUID (upper case, no hyphens, braces, `urn:uuid:`):
+    it is parsed once here, so the cache entry dropped is the one the ingest path reads.
+
+    Raises ValidationError `invalid_url`, `invalid_method`, `invalid_headers`; NotFound when
+    the account is missing, foreign or `account_id` names no UUID."""
     user = require_user(actor)
-    check(actor, Action.DESTINATION_MANAGE, str(account_id))
+    account_pk = parse_uuid(account_id)
+    if account_pk is None:  # a malformed id answers like a missing account
+        raise NotFound("Account")
+    check(actor, Action.DESTINATION_MANAGE, account_pk)
     destination = Destination.objects.create(
-        account_id=account_id,
+        account_id=account_pk,
         url=_clean_url(url),
         http_method=_clean_method(http_method),
         headers=_clean_headers({} if headers is None else headers),
@@ -173,7 +195,7 @@ def destination_create(
         created_by=user,
         updated_by=user,
     )
-    _forget_destinations(account_id)
+    _forget_destinations(account_pk)
     return destination
 
 
@@ -204,11 +226,23 @@ def destination_update(
     return destination
 
 
-@transaction.atomic
 def destination_delete(*, actor: Actor, destination_id: str | int) -> None:
     """Delete a destination (ADMIN). Its logs stay for the record (destination = null);
-    unfinished ones fail with "Destination deleted" when their turn comes."""
+    unfinished ones fail with "Destination deleted" when their turn comes.
+
+    Safe while events arrive: the account row is locked first (the row every ingest checks
+    first when it commits), so no new log can reference the destination between the moment its
+    logs are collected and its deletion; an ingest that waited retries without it. Retried once
+    after a deadlock; raises Contended (`unavailable`) if it persists."""
+    retry_contended(
+        lambda: _destination_delete(actor=actor, destination_id=destination_id), integrity=True
+    )
+
+
+@transaction.atomic
+def _destination_delete(*, actor: Actor, destination_id: str | int) -> None:
     destination = _destination_for_change(actor, destination_id, Action.DESTINATION_MANAGE)
+    Account.objects.select_for_update().filter(pk=destination.account_id).first()
     _forget_destinations(destination.account_id)
     destination.delete()
 
@@ -240,7 +274,10 @@ def event_ingest(
     enqueue their deliveries and publish `queued` after commit.
 
     A repeated `event_id` for the account creates nothing and returns the original's result
-    with `duplicate=True` (also when a concurrent request wins the unique-constraint race)."""
+    with `duplicate=True` (also when a concurrent request wins the unique-constraint race).
+
+    Raises AccountGone when the account was deleted meanwhile (nothing is stored), and
+    Contended when the insert lost a deadlock twice."""
     for attempt in range(2):
         try:
             return _event_insert(
@@ -254,11 +291,22 @@ def event_ingest(
             )
             if original is not None:
                 return IngestResult(original.event_id, original.logs.count(), duplicate=True)
+            if not Account.objects.filter(pk=account_id).exists():
+                raise AccountGone from None
             if attempt:
                 raise
             # A destination deleted since it was cached: forget the cache and try again.
             cache.delete(selectors.destinations_cache_key(account_id))
+        except OperationalError as error:
+            if not is_contended(error):
+                raise
+            if attempt:
+                raise Contended from error
     raise AssertionError("unreachable")
+
+
+class AccountGone(Exception):
+    """The account of an event was deleted while the event was being stored."""
 
 
 @transaction.atomic
@@ -353,14 +401,26 @@ def log_deliver(*, log_id: int) -> str | None:
     if destination is None or not destination.is_active:
         reason = "Destination deleted." if destination is None else "Destination is inactive."
         return _finish(log, None, LogStatus.FAILED, error=reason)
-    outcome = transport.send(
-        url=destination.url,
-        method=destination.http_method,
-        headers=destination.headers,
-        payload=log.event.payload,
-        webhook_id=log.webhook_id,
-        secret=destination.signing_secret,
-    )
+    try:
+        outcome = transport.send(
+            url=destination.url,
+            method=destination.http_method,
+            headers=destination.headers,
+            payload=log.event.payload,
+            webhook_id=log.webhook_id,
+            secret=destination.signing_secret,
+        )
+    except Exception as error:
+        # send() itself does not raise; reading the destination's fields or a bug may. The try
+        # is recorded as a transient failure, so the retry schedule bounds it: a log never
+        # stays `sending` for the sweeper to send again and again.
+        logger.exception("Log %s: the send raised; recorded as a transient failure", log.pk)
+        outcome = transport.Outcome(
+            transport.Kind.TRANSIENT,
+            0,
+            error_class=type(error).__name__,
+            error_message=str(error)[:1000],
+        )
     if outcome.kind is transport.Kind.SUCCESS:
         return _finish(log, outcome, LogStatus.SUCCESS)
     delay = None
@@ -379,36 +439,79 @@ def _finish(
     delay: float | None = None,
     error: str = "",
 ) -> str | None:
+    """Record the end of a try: the log's new status and next due time, and (with an outcome)
+    its attempt, in one transaction; publish or enqueue the next try after commit. Returns
+    `status`, or None when the claim was lost (the sweeper gave the log to another try).
+
+    What the receiver sent is stored with NUL and unpaired surrogates replaced by U+FFFD
+    (PostgreSQL text and jsonb cannot hold them). Should the write fail even so, the attempt is
+    written again without the answer's headers and body, its error saying why: no try leaves
+    the log `sending` without an attempt. A database that cannot be reached raises: the lease
+    and the sweeper take the log back."""
     now = timezone.now()
     lease = log.next_attempt_at  # set by our claim: if it changed, the claim is no longer ours
+    count = log.attempt_count
+    try:
+        return _record(
+            log, outcome, status, now=now, lease=lease, count=count, delay=delay, error=error
+        )
+    except (OperationalError, InterfaceError):
+        # The database is unreachable, not the answer unstorable: the claim stays until its
+        # lease ends and the sweeper hands the log to a new try (at-least-once).
+        raise
+    except Exception as failure:
+        logger.exception("Log %s: its %s try could not be stored as it is", log.pk, status)
+        note = f"the answer could not be stored: {type(failure).__name__}"
+        if outcome is not None:
+            message = f"{outcome.error_message} ({note})" if outcome.error_message else note
+            outcome = replace(outcome, headers={}, body="", error_message=message)
+        else:
+            error = f"{error} ({note})" if error else note
+        return _record(
+            log, outcome, status, now=now, lease=lease, count=count, delay=delay, error=error
+        )
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str, limit: int | None = None) -> str:
+    """`text` without what PostgreSQL text/jsonb and UTF-8 cannot hold (NUL, unpaired
+    surrogates: each becomes U+FFFD), cut to `limit` characters."""
+    return _UNSTORABLE.sub("\ufffd", text[:limit])
+
+
+def _record(
+    log: DeliveryLog,
+    outcome: transport.Outcome | None,
+    status: str,
+    *,
+    now: datetime,
+    lease: datetime | None,
+    count: int,
+    delay: float | None,
+    error: str,
+) -> str | None:
     with transaction.atomic():
-        if outcome is not None:
-            log.attempt_count += 1
-            error = outcome.error_message
-        log.status = status
-        log.last_error = error
-        log.processed_timestamp = now
-        log.next_attempt_at = now + timedelta(seconds=delay) if delay is not None else None
-        log.updated_at = now
-        if outcome is not None:
-            log.last_status_code = outcome.status_code
-        fields = [
-            "status",
-            "attempt_count",
-            "last_status_code",
-            "last_error",
-            "processed_timestamp",
-            "next_attempt_at",
-            "updated_at",
-        ]
+        values: dict[str, Any] = {
+            "status": status,
+            "attempt_count": count if outcome is None else count + 1,
+            "last_status_code": log.last_status_code if outcome is None else outcome.status_code,
+            "last_error": _storable(error if outcome is None else outcome.error_message),
+            "processed_timestamp": now,
+            "next_attempt_at": now + timedelta(seconds=delay) if delay is not None else None,
+            "updated_at": now,
+        }
         held = DeliveryLog.objects.filter(
             pk=log.pk, status=LogStatus.SENDING, next_attempt_at=lease
-        ).update(**{name: getattr(log, name) for name in fields})
+        ).update(**values)
         if not held:
             # The lease ran out while we were sending: the sweeper gave the log to another try,
             # which owns its state and attempt numbers now.
             logger.warning("Log %s outlived its lease; its %s try is not recorded", log.pk, status)
             return None
+        for name, value in values.items():
+            setattr(log, name, value)
         if outcome is not None:
             DeliveryAttempt.objects.create(
                 log=log,
@@ -416,10 +519,12 @@ def _finish(
                 started_at=now - timedelta(milliseconds=outcome.duration_ms),
                 duration_ms=outcome.duration_ms,
                 status_code=outcome.status_code,
-                response_headers=outcome.headers,
-                response_body=outcome.body,
-                error_class=outcome.error_class,
-                error_message=outcome.error_message,
+                response_headers={
+                    _storable(name): _storable(value) for name, value in outcome.headers.items()
+                },
+                response_body=_storable(outcome.body),
+                error_class=_storable(outcome.error_class, 100),
+                error_message=_storable(outcome.error_message),
             )
         transaction.on_commit(
             lambda: (

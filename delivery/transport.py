@@ -7,6 +7,11 @@ Outbound safety: http(s) only, explicit timeouts, no redirects, the response bod
 to a cap, and (unless DELIVERY_ALLOW_PRIVATE_NETWORKS) no private, loopback, link-local,
 multicast or reserved address: checked after DNS resolution, and again on the connected socket
 so a DNS answer that changes between check and connect (rebinding) is caught too.
+
+URLs are read one way everywhere: `parse_url()` reads a URL as requests/urllib3 will send it,
+and both the destination check (services) and `send()` use the host and port it returns. A
+URL that the standard library (urlsplit, Django's URLValidator) reads differently, or that has
+a backslash or a `user:password@` part, is refused (`InvalidURL`).
 """
 
 import base64
@@ -14,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import secrets
 import socket
 import threading
@@ -25,10 +31,13 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3.util
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+logger = logging.getLogger(__name__)
 
 USER_AGENT = "DataPusher/1.0 (+webhooks)"
 SECRET_PREFIX = "whsec_"
@@ -54,6 +63,65 @@ class Outcome:
 
 class BlockedAddress(OSError):
     """The destination resolves to an address deliveries may not reach."""
+
+
+class InvalidURL(ValueError):
+    """A URL deliveries will not use: not http(s), no host, or one that parsers read apart."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a URL sends a request, as the HTTP client reads it."""
+
+    url: str  # as requests sends it (PreparedRequest.prepare_url: IDNA host, requoted)
+    scheme: str
+    host: str  # as urllib3 resolves it: lower case, IDNA, no IPv6 brackets, trailing dot kept
+    port: int  # the explicit port or the scheme's default
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+BACKSLASH_MESSAGE = "A backslash is not allowed in a URL."
+USERINFO_MESSAGE = "user:password@ is not allowed in a URL; send credentials in a header."
+AMBIGUOUS_MESSAGE = "The host or port of this URL reads differently to different parsers."
+
+
+def parse_url(url: str) -> Target:
+    """Read `url` exactly as the HTTP client will: prepared by requests, whose adapter then
+    connects to `urlsplit(prepared).hostname`, the host urllib3 produced.
+
+    Raises InvalidURL when it is not http(s) with a host, when it contains a backslash
+    (WHATWG parsers read it as "/", urllib3 ends the host there, urlsplit does not) or a
+    userinfo part (`user:pass@`; credentials belong in a header), or when urlsplit's reading
+    of the URL as written names another host or port than the client's."""
+    if "\\" in url:
+        raise InvalidURL(BACKSLASH_MESSAGE)
+    prepared = requests.PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+        assert prepared.url is not None
+        wire = urllib3.util.parse_url(prepared.url)
+        sent = urlsplit(prepared.url)
+        written = urlsplit(url)
+        ports = (written.port, sent.port)
+    except (requests.RequestException, ValueError) as error:  # UnicodeError is a ValueError
+        raise InvalidURL(f"Not a valid URL: {error}") from None
+    scheme = (sent.scheme or "").lower()
+    if scheme not in _DEFAULT_PORTS or not sent.hostname or not wire.host:
+        raise InvalidURL("Not an http(s) URL with a host.")
+    if wire.auth is not None or "@" in written.netloc or "@" in sent.netloc:
+        raise InvalidURL(USERINFO_MESSAGE)
+    host = sent.hostname
+    default = _DEFAULT_PORTS[scheme]
+    try:
+        written_host = (written.hostname or "").encode("idna").decode("ascii")
+    except UnicodeError:
+        written_host = ""
+    hosts = {host, wire.host.strip("[]").lower(), written_host.lower()}
+    port = default if ports[1] is None else ports[1]
+    other_ports = {p for p in (*ports, wire.port) if p is not None and p != port}
+    if hosts != {host} or other_ports or (ports[0] is None) != (ports[1] is None):
+        raise InvalidURL(AMBIGUOUS_MESSAGE)
+    return Target(prepared.url, scheme, host, port)
 
 
 def is_public_address(address: str) -> bool:
@@ -205,40 +273,52 @@ def send(
     secret: str,
 ) -> Outcome:
     """Deliver `payload` once. GET sends it as query parameters (the signed "body" is then the
-    query string); other methods send it as a JSON body."""
+    query string); other methods send it as a JSON body.
+
+    Never raises: an error while building the request that will not go away by itself (a URL
+    parsers read apart, a header value HTTP cannot encode) is a permanent failure; any other
+    exception is transient, with its class name as `error_class`."""
     started = time.monotonic()
 
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return Outcome(Kind.PERMANENT, 0, error_class="InvalidURL", error_message="Not http(s).")
-    timestamp = int(time.time())
-    if method == "GET":
-        # What is signed is the whole query string the receiver gets: the URL's own
-        # parameters, then the payload's.
-        signed = "&".join(q for q in (parts.query, query_string(payload)) if q)
-        body = None
-        url = urlunsplit(parts._replace(query=signed))
-    else:
-        signed = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        body = signed.encode()
-    request_headers = {
-        **headers,
-        "User-Agent": USER_AGENT,
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, webhook_id, timestamp, signed),
-    }
-    if body is not None:
-        request_headers["Content-Type"] = "application/json"
+    def failed(kind: Kind, error: BaseException) -> Outcome:
+        return Outcome(
+            kind, elapsed(), error_class=type(error).__name__, error_message=str(error)[:1000]
+        )
+
     try:
+        target = parse_url(url)
+    except InvalidURL as error:
+        return failed(Kind.PERMANENT, error)
+    try:
+        timestamp = int(time.time())
+        parts = urlsplit(target.url)
+        if method == "GET":
+            # What is signed is the whole query string the receiver gets: the URL's own
+            # parameters (as requests sends them), then the payload's.
+            signed = "&".join(q for q in (parts.query, query_string(payload)) if q)
+            body = None
+            request_url = urlunsplit(parts._replace(query=signed))
+        else:
+            signed = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+            body = signed.encode()
+            request_url = target.url
+        request_headers = {
+            **headers,
+            "User-Agent": USER_AGENT,
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, webhook_id, timestamp, signed),
+        }
+        if body is not None:
+            request_headers["Content-Type"] = "application/json"
         if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS:
-            check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+            check_host(target.host, target.port)
         response = _session().request(
             method,
-            url,
+            request_url,
             data=body,
             headers=request_headers,
             timeout=(settings.DELIVERY_CONNECT_TIMEOUT, settings.DELIVERY_READ_TIMEOUT),
@@ -259,12 +339,16 @@ def send(
             return Outcome(
                 Kind.PERMANENT, elapsed(), error_class="BlockedAddress", error_message=str(blocked)
             )
-        return Outcome(
-            Kind.TRANSIENT,
-            elapsed(),
-            error_class=type(error).__name__,
-            error_message=str(error)[:1000],
-        )
+        if isinstance(error, ValueError):  # InvalidHeader, InvalidURL: the same every time
+            return failed(Kind.PERMANENT, error)
+        return failed(Kind.TRANSIENT, error)
+    except ValueError as error:
+        # UnicodeEncodeError of a header value http.client cannot encode (stored before
+        # values were validated), a malformed signing secret: deterministic.
+        return failed(Kind.PERMANENT, error)
+    except Exception as error:  # e.g. urllib3's own errors while reading the body
+        logger.warning("Unexpected %s while sending to %s", type(error).__name__, target.host)
+        return failed(Kind.TRANSIENT, error)
     kind = classify(response.status_code)
     return Outcome(
         kind,

@@ -47,7 +47,8 @@ class DestinationCreateInput:
     headers: JSON | None = strawberry.field(
         default=None,
         description="Extra request headers: an object of header name to string value (at most "
-        "50; not Content-Type, User-Agent, webhook-* or hop-by-hop headers).",
+        "50; not Content-Type, User-Agent, webhook-* or hop-by-hop headers). Values: visible "
+        "ASCII, spaces or tabs only between characters, at most 4096 characters.",
     )
     is_active: bool = True
 

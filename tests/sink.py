@@ -2,7 +2,8 @@
 
 Responses are programmed by path: `/status/500,200` answers 500 to the first request and 200
 to every later one; `/slow/<seconds>` sleeps before answering 200; `/redirect` answers 302;
-`/big/<bytes>` answers 200 with a body of that many bytes; anything else answers 200. A
+`/big/<bytes>` answers 200 with a body of that many bytes; `/nul/<status>` (200 when left out)
+answers with NUL bytes in its body and in a header value; anything else answers 200. A
 `retry_after` query parameter adds a `Retry-After` header with its value to any answer.
 Every request is recorded with its method, path, query (parsed and raw), headers and body;
 `wait_for` polls with a deadline instead of sleeping and hoping. `standard_webhooks_valid`
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+# What `/nul` answers: text PostgreSQL cannot store as it is (no NUL in text or jsonb).
+NUL_BODY = b'{"ok": "a\x00b"}'
+NUL_HEADERS = {"X-Nul": "a\x00b"}
 
 
 @dataclass
@@ -120,6 +125,10 @@ def _handler(sink: Sink) -> type[BaseHTTPRequestHandler]:
                 status, extra = 302, {"Location": "/elsewhere"}
             elif parts.path.startswith("/big/"):
                 payload = b"x" * int(parts.path.split("/")[2])
+            elif parts.path == "/nul" or parts.path.startswith("/nul/"):
+                status = int(parts.path.split("/")[2]) if parts.path.count("/") > 1 else 200
+                payload = NUL_BODY
+                extra = dict(NUL_HEADERS)
             if "retry_after" in query:
                 extra["Retry-After"] = query["retry_after"]
             self.send_response(status)

@@ -3,10 +3,12 @@ and how each answer moves the log (success, retrying with its due time, failed).
 
 import json
 import socket
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from django.db import DataError
 from django.test import override_settings
 from django.utils import timezone
 
@@ -80,6 +82,17 @@ def test_get_keeps_the_query_of_the_destination_url(account: Account, sink: Sink
     [request] = sink.received()
     assert request.query_string == "source=dp&a=1"
     # The receiver verifies the query string exactly as it arrives.
+    assert standard_webhooks_valid(request, destination.signing_secret)
+
+
+def test_get_signs_the_query_of_the_destination_url_as_it_goes_on_the_wire(
+    account: Account, sink: Sink
+) -> None:
+    # requests sends %7E as "~" (STACK.md trap 16): the signature covers what is sent.
+    destination = sink_destination(account, sink, "/get?tilde=%7E&sp=a%20b", http_method="GET")
+    deliver(due_log(destination, {"a": "1"}))
+    [request] = sink.received()
+    assert request.query_string == "tilde=~&sp=a%20b&a=1"
     assert standard_webhooks_valid(request, destination.signing_secret)
 
 
@@ -337,3 +350,176 @@ def test_task_for_a_log_that_no_longer_exists_does_nothing(account: Account, sin
     log.event.delete()  # retention purged it while its task waited in the queue
     assert tasks.deliver.call_local(log.pk) is None
     assert sink.received() == []
+
+
+# --- Every send ends in a recorded attempt and a next state -----------------------------------
+
+
+def swept_a_day_later() -> int:
+    """How many deliveries the sweeper would re-enqueue a day from now."""
+    return services.logs_sweep(now=timezone.now() + timedelta(days=1))
+
+
+def test_header_value_the_client_cannot_encode_fails_once_without_a_request(
+    account: Account, sink: Sink
+) -> None:
+    # Stored before header values were validated: every send died before the request and the
+    # log stayed `sending`, re-sent by the sweeper at each lease expiry.
+    destination = sink_destination(account, sink, headers={"X-Snow": "\u2603"})
+    log = deliver(due_log(destination))
+
+    assert (log.status, log.attempt_count, log.last_status_code, log.next_attempt_at) == (
+        LogStatus.FAILED,
+        1,
+        None,
+        None,
+    )
+    [attempt] = DeliveryAttempt.objects.filter(log=log)
+    assert (attempt.number, attempt.status_code, attempt.error_class) == (
+        1,
+        None,
+        "UnicodeEncodeError",
+    )
+    assert attempt.error_message == log.last_error == UNENCODABLE
+    assert sink.received() == []
+    assert swept_a_day_later() == 0
+    assert DeliveryAttempt.objects.filter(log=log).count() == 1
+
+
+UNENCODABLE = (
+    "'latin-1' codec can't encode character '\\u2603' in position 0: ordinal not in range(256)"
+)
+
+
+@override_settings(DELIVERY_RETRY_SCHEDULE=[0.0])
+def test_unexpected_error_while_sending_is_an_attempt_retried_within_the_schedule(
+    account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(transport, "_session", broken)
+    log = due_log(sink_destination(account, sink))
+
+    assert [services.log_deliver(log_id=log.pk) for _ in range(3)] == [
+        LogStatus.RETRYING,
+        LogStatus.FAILED,
+        None,
+    ]
+    log.refresh_from_db()
+    assert (log.status, log.attempt_count, log.next_attempt_at, log.last_error) == (
+        LogStatus.FAILED,
+        2,
+        None,
+        "boom",
+    )
+    assert attempts(log) == [(1, None, "RuntimeError"), (2, None, "RuntimeError")]
+    assert swept_a_day_later() == 0
+
+
+def test_exception_escaping_the_transport_is_still_an_attempt(
+    account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def send(**kwargs: object) -> None:
+        raise KeyError("signing_secret")
+
+    monkeypatch.setattr(transport, "send", send)
+    log = deliver(due_log(sink_destination(account, sink)))
+
+    assert (log.status, log.attempt_count, log.last_error) == (
+        LogStatus.RETRYING,
+        1,
+        "'signing_secret'",
+    )
+    assert 5 <= delay_of(log) <= 5.5
+    assert attempts(log) == [(1, None, "KeyError")]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/nul", LogStatus.SUCCESS, 200),
+        ("/nul/404", LogStatus.FAILED, 404),
+        ("/nul/500", LogStatus.RETRYING, 500),
+    ],
+)
+def test_answer_with_nul_bytes_is_stored_with_replacement_characters(
+    account: Account, sink: Sink, path: str, status: str, code: int
+) -> None:
+    # PostgreSQL text and jsonb cannot hold NUL: the answer is stored with U+FFFD instead.
+    log = deliver(due_log(sink_destination(account, sink, path)))
+
+    assert (log.status, log.attempt_count, log.last_status_code) == (status, 1, code)
+    [attempt] = DeliveryAttempt.objects.filter(log=log)
+    assert attempt.status_code == code
+    assert attempt.response_body == '{"ok": "a\ufffdb"}'
+    assert attempt.response_headers["X-Nul"] == "a\ufffdb"
+    assert len(sink.received()) == 1
+    if status != LogStatus.RETRYING:
+        assert log.next_attempt_at is None
+        assert swept_a_day_later() == 0
+        assert len(sink.received()) == 1
+
+
+def test_text_of_an_outcome_is_made_storable_everywhere(
+    account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NUL and unpaired surrogates wherever text of an outcome is stored.
+    outcome = transport.Outcome(
+        transport.Kind.PERMANENT,
+        3,
+        status_code=400,
+        headers={"X-\x00Name": "\ud800v\x00", "X-Ok": "1"},
+        body="body\x00\udfff",
+        error_class="Http\x00Status",
+        error_message="HTTP 400 \x00\ud83d",
+    )
+    monkeypatch.setattr(transport, "send", lambda **kwargs: outcome)
+    log = deliver(due_log(sink_destination(account, sink)))
+
+    assert (log.status, log.attempt_count, log.last_error) == (
+        LogStatus.FAILED,
+        1,
+        "HTTP 400 \ufffd\ufffd",
+    )
+    [attempt] = DeliveryAttempt.objects.filter(log=log)
+    assert attempt.response_headers == {"X-\ufffdName": "\ufffdv\ufffd", "X-Ok": "1"}
+    assert attempt.response_body == "body\ufffd\ufffd"
+    assert (attempt.error_class, attempt.error_message) == (
+        "Http\ufffdStatus",
+        "HTTP 400 \ufffd\ufffd",
+    )
+
+
+def test_attempt_that_cannot_be_stored_is_recorded_without_the_answer(
+    account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_create = DeliveryAttempt.objects.create
+    tried: list[dict[str, Any]] = []
+
+    def create(**fields: Any) -> DeliveryAttempt:
+        tried.append(fields)
+        if len(tried) == 1:
+            raise DataError("simulated: the answer cannot be stored")
+        return real_create(**fields)
+
+    monkeypatch.setattr(DeliveryAttempt.objects, "create", create)
+    log = deliver(due_log(sink_destination(account, sink, "/status/404")))
+
+    assert len(tried) == 2
+    assert (log.status, log.attempt_count, log.last_status_code, log.next_attempt_at) == (
+        LogStatus.FAILED,
+        1,
+        404,
+        None,
+    )
+    [attempt] = DeliveryAttempt.objects.filter(log=log)
+    assert (attempt.number, attempt.status_code, attempt.error_class) == (1, 404, "HTTPStatus")
+    assert (attempt.response_headers, attempt.response_body) == ({}, "")
+    assert (
+        attempt.error_message
+        == log.last_error
+        == ("HTTP 404 Not Found (the answer could not be stored: DataError)")
+    )
+    assert len(sink.received()) == 1
+    assert swept_a_day_later() == 0

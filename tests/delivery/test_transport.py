@@ -155,3 +155,47 @@ def test_retry_after_only_pushes_the_next_try_later_and_is_capped(
     assert retry_delay(1, retry_after=90.0) == 90.0
     assert retry_delay(1, retry_after=10_000.0) == 600.0
     assert retry_delay(len(SCHEDULE) + 1, retry_after=1.0) is None
+
+
+# --- One reading of a URL -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://Example.COM/a", ("https://example.com/a", "https", "example.com", 443)),
+        ("http://example.com:8080", ("http://example.com:8080/", "http", "example.com", 8080)),
+        ("http://[::1]:9/x", ("http://[::1]:9/x", "http", "::1", 9)),
+        (
+            "http://B\u00fccher.example./x",
+            ("http://xn--bcher-kva.example./x", "http", "xn--bcher-kva.example.", 80),
+        ),
+        (
+            "https://example.com/a%7Eb?q=%7E",
+            ("https://example.com/a~b?q=~", "https", "example.com", 443),
+        ),
+    ],
+)
+def test_parse_url_reads_a_url_as_the_http_client_sends_it(
+    url: str, expected: tuple[str, str, str, int]
+) -> None:
+    target = transport.parse_url(url)
+    assert (target.url, target.scheme, target.host, target.port) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:18110\\@93.184.215.14/", transport.BACKSLASH_MESSAGE),
+        ("http://a:b@example.com/", transport.USERINFO_MESSAGE),
+        ("http://a@example.com/", transport.USERINFO_MESSAGE),
+        ("http://example.com:0/", transport.AMBIGUOUS_MESSAGE),
+        ("ftp://example.com/", "Not an http(s) URL with a host."),
+        ("http:///path", "Not a valid URL: Invalid URL 'http:///path': No host supplied"),
+        ("http://1.2.3.4:99999/", "Not a valid URL: Failed to parse: http://1.2.3.4:99999/"),
+    ],
+)
+def test_parse_url_refuses_what_parsers_read_apart(url: str, message: str) -> None:
+    with pytest.raises(transport.InvalidURL) as refused:
+        transport.parse_url(url)
+    assert str(refused.value) == message

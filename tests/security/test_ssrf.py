@@ -17,7 +17,7 @@ import pytest
 import urllib3.util.connection
 from django.test import override_settings
 
-from delivery import services
+from delivery import services, transport
 from delivery.models import DeliveryAttempt, Destination, LogStatus
 from identity.models import Account
 from tests.conftest import GraphQL, Persona
@@ -210,3 +210,105 @@ def test_delivery_to_a_stored_blocked_host_fails_without_a_request(
     assert attempt.error_class == "BlockedAddress"
     assert "DELIVERY_ALLOW_PRIVATE_NETWORKS is off" in attempt.error_message
     assert no_connections == []
+
+
+# --- One reading of a URL: the check and the HTTP client see the same host -------------------
+
+BACKSLASH = "A backslash is not allowed in a URL."
+USERINFO = "user:password@ is not allowed in a URL; send credentials in a header."
+AMBIGUOUS = "The host or port of this URL reads differently to different parsers."
+TWO_READINGS = [
+    # urlsplit (and the old check) reads the public host after "@"; urllib3 connects to the
+    # host before the backslash.
+    pytest.param("http://127.0.0.1:18110\\@93.184.215.14/", BACKSLASH, id="backslash-at"),
+    pytest.param("http://93.184.215.14\\@127.0.0.1/", BACKSLASH, id="backslash-reversed"),
+    pytest.param("http://93.184.215.14:80\\@93.184.216.34/", BACKSLASH, id="backslash-public"),
+    pytest.param("https://93.184.215.14/a\\b", BACKSLASH, id="backslash-in-path"),
+    pytest.param("http://user:pass@93.184.215.14/", USERINFO, id="userinfo"),
+    pytest.param("http://127.0.0.1%2f@93.184.215.14/", USERINFO, id="encoded-userinfo"),
+    pytest.param("http://@93.184.215.14/", USERINFO, id="empty-userinfo"),
+    pytest.param("http://93.184.215.14:0/", AMBIGUOUS, id="port-zero"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), TWO_READINGS)
+def test_destination_create_refuses_a_url_parsers_read_differently(
+    gql: GraphQL, admin: Persona, account: Account, url: str, message: str
+) -> None:
+    if url.startswith("http://@"):  # Django's URLValidator refuses this one already
+        message = "Enter a valid http(s) URL."
+    body = gql(
+        CREATE,
+        {"input": {"accountId": str(account.pk), "url": url, "httpMethod": "POST"}},
+        persona=admin,
+    )
+
+    assert body == {"data": {"destinationCreate": refusal(message)}}
+    assert not Destination.objects.exists()
+
+
+@pytest.mark.parametrize(("url", "message"), TWO_READINGS[:1] + TWO_READINGS[4:5])
+def test_destination_update_refuses_a_url_parsers_read_differently(
+    gql: GraphQL, admin: Persona, account: Account, url: str, message: str
+) -> None:
+    destination = Destination.objects.create(
+        account=account, url="https://93.184.216.34/hook", http_method="POST", signing_secret="x"
+    )
+
+    body = gql(UPDATE, {"id": str(destination.pk), "input": {"url": url}}, persona=admin)
+
+    assert body == {"data": {"destinationUpdate": refusal(message)}}
+    destination.refresh_from_db()
+    assert destination.url == "https://93.184.216.34/hook"
+
+
+@pytest.mark.parametrize(("url", "message"), TWO_READINGS)
+def test_delivery_to_a_stored_url_parsers_read_differently_fails_without_a_request(
+    account: Account, no_connections: list[Any], url: str, message: str
+) -> None:
+    # Stored before URLs were parsed one way everywhere.
+    destination = Destination.objects.create(
+        account=account, url=url, http_method="POST", signing_secret="whsec_" + "A" * 44
+    )
+    log = due_log(destination)
+
+    assert services.log_deliver(log_id=log.pk) == LogStatus.FAILED
+
+    log.refresh_from_db()
+    assert (log.status, log.attempt_count, log.last_error) == (LogStatus.FAILED, 1, message)
+    [attempt] = DeliveryAttempt.objects.filter(log=log)
+    assert (attempt.error_class, attempt.error_message) == ("InvalidURL", message)
+    assert no_connections == []
+
+
+def test_the_host_checked_is_the_host_connected_to(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An IDN host with a trailing dot: what the check resolves is what urllib3 resolves.
+    FAKE_DNS["xn--bcher-kva.example."] = ["93.184.216.34"]
+    checked: list[tuple[str, int]] = []
+    connected: list[tuple[str, int]] = []
+    real_check = transport.check_host
+
+    def check_host(host: str, port: int) -> None:
+        checked.append((host, port))
+        real_check(host, port)
+
+    def refuse(address: Any, *args: Any, **kwargs: Any) -> Any:
+        connected.append(address)
+        raise ConnectionRefusedError("refused by the test")
+
+    monkeypatch.setattr(transport, "check_host", check_host)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse)
+    try:
+        destination = Destination.objects.create(
+            account=account,
+            url="http://B\u00fccher.example.:8080/hook",
+            http_method="POST",
+            signing_secret="whsec_" + "A" * 44,
+        )
+        assert services.log_deliver(log_id=due_log(destination).pk) == LogStatus.RETRYING
+    finally:
+        del FAKE_DNS["xn--bcher-kva.example."]
+
+    assert checked == connected == [("xn--bcher-kva.example.", 8080)]
