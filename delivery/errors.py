@@ -18,3 +18,5 @@ class DeliveryErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    TOKEN_IN_URL = "token_in_url"
+    INTERNAL_ERROR = "internal_error"

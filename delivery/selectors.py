@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -100,17 +100,77 @@ def apply_log_filters(logs: QuerySet[DeliveryLog], f: LogFilters) -> QuerySet[De
         logs = logs.filter(status__in=f.statuses)
     if f.event_id is not None:
         logs = logs.filter(event__event_id=f.event_id)
-    if f.received_gte is not None:
-        logs = logs.filter(received_timestamp__gte=f.received_gte)
-    if f.received_lte is not None:
-        logs = logs.filter(received_timestamp__lte=f.received_lte)
-    if f.processed_gte is not None:
-        logs = logs.filter(processed_timestamp__gte=f.processed_gte)
-    if f.processed_lte is not None:
-        logs = logs.filter(processed_timestamp__lte=f.processed_lte)
+    for name, bound, value in (
+        ("received_timestamp", "gte", f.received_gte),
+        ("received_timestamp", "lte", f.received_lte),
+        ("processed_timestamp", "gte", f.processed_gte),
+        ("processed_timestamp", "lte", f.processed_lte),
+    ):
+        if value is None:
+            continue
+        edge = _beyond_calendar(value)
+        if edge is None:
+            logs = logs.filter(**{f"{name}__{bound}": value})
+        elif (edge == "before") == (bound == "gte"):  # >= before year 1, <= after 9999
+            logs = logs.filter(**{f"{name}__isnull": False})
+        else:
+            return logs.none()
     if f.status_code is not None:
         logs = logs.filter(last_status_code=f.status_code)
     return logs
+
+
+def log_matches(log: DeliveryLog, f: LogFilters) -> bool:
+    """Whether one loaded log passes `f`, by the rules of `apply_log_filters` (the live stream
+    matches each change in memory with it; a malformed id matches nothing). Needs `log.event`
+    loaded when `f.event_id` is set."""
+    if f.account_id is not None and parse_uuid(f.account_id) != log.account_id:
+        return False
+    if f.destination_id is not None:
+        pk = parse_pk(f.destination_id)
+        if pk is None or log.destination_id != pk:
+            return False
+    if f.statuses and str(log.status) not in f.statuses:
+        return False
+    if f.event_id is not None and log.event.event_id != f.event_id:
+        return False
+    received, processed = log.received_timestamp, log.processed_timestamp
+    if f.received_gte is not None and not received >= f.received_gte:
+        return False
+    if f.received_lte is not None and not received <= f.received_lte:
+        return False
+    if (f.processed_gte is not None or f.processed_lte is not None) and processed is None:
+        return False  # SQL: a comparison with NULL is never true
+    if f.processed_gte is not None and not processed >= f.processed_gte:  # type: ignore[operator]
+        return False
+    if f.processed_lte is not None and not processed <= f.processed_lte:  # type: ignore[operator]
+        return False
+    return f.status_code is None or log.last_status_code == f.status_code
+
+
+def log_account_ids(*, actor: Actor, account_id: str | None = None) -> frozenset[str]:
+    """Ids of the accounts whose logs the actor may view: all of them, or only `account_id`
+    (empty when it is foreign, missing or malformed)."""
+    accounts = account_ids(actor, Action.LOG_VIEW)
+    if account_id is not None:
+        pk = parse_uuid(account_id)
+        if pk is None:
+            return frozenset()
+        accounts = accounts.filter(pk=pk)
+    return frozenset(str(pk) for pk in accounts.values_list("pk", flat=True))
+
+
+def _beyond_calendar(value: datetime) -> str | None:
+    """ "before" or "after" when `value` in UTC falls outside the years 1 to 9999 (e.g.
+    0001-01-01T00:00:00+01:00): Python cannot convert it, as SQLite's adapter does, but every
+    stored time is later, respectively earlier. None for every other value."""
+    if value.tzinfo is None:
+        return None
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return "before" if value.year < 5000 else "after"
+    return None
 
 
 def log_get(*, actor: Actor, log_id: str | int) -> DeliveryLog | None:

@@ -1,7 +1,12 @@
-"""ASGI entry point: HTTP to Django (GraphQL and incoming_data); WebSocket /graphql/ to the
-GraphQL subscription consumer."""
+"""ASGI entry point: HTTP to Django (GraphQL and incoming_data) behind the body guard;
+WebSocket /graphql/ to the GraphQL subscription consumer.
+
+Importing this module also installs the daphne guard (project/body_guard.py): daphne imports the
+application before it builds its server, so `daphne project.asgi:application` and
+`manage.py serve` both refuse over-large or unwanted bodies on headers, in the reactor."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -12,14 +17,17 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from project.body_guard import BodyGuard, install_daphne_guard  # noqa: E402
 from schema import schema  # noqa: E402
 from schema.consumers import LiveConsumer  # noqa: E402
 
-http_app = django_asgi
+http_app: Any = django_asgi
 if settings.DEBUG:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     http_app = ASGIStaticFilesHandler(django_asgi)
+http_app = BodyGuard(http_app)
+install_daphne_guard()
 
 application = ProtocolTypeRouter(
     {

@@ -20,3 +20,6 @@ urlpatterns = [
         ),
     ),
 ]
+
+# Unexpected errors of incoming_data and /graphql/ in their JSON shapes (project/middleware.py).
+handler500 = "project.middleware.server_error"

@@ -214,3 +214,42 @@ def test_previous_secret_keeps_working_during_its_grace_period(
     assert send(event_id="old").json() == accepted("old", 0)
     assert send(event_id="new", token=new_secret).json() == accepted("new", 0)
     assert set(Event.objects.values_list("account_id", flat=True)) == {account.pk}
+
+
+def _as_sent(text: str) -> str:
+    """A header value as WSGI and ASGI servers hand it over: UTF-8 bytes decoded as Latin-1."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def test_a_non_ascii_event_id_is_stored_as_the_sender_wrote_it(
+    send: Callable[..., Any],
+    two_active_one_inactive: list[Destination],
+    admin_user: User,
+    gql: Any,
+    admin: Any,
+) -> None:
+    event_id = "commande-été-☃"
+    assert send(event_id=_as_sent(event_id)).json() == accepted(event_id, 2)
+    assert Event.objects.get().event_id == event_id
+    assert send(event_id=_as_sent(event_id)).json() == accepted(event_id, 2, duplicate=True)
+    found = gql("query($id: ID!) { event(id: $id) { eventId } }", {"id": event_id}, persona=admin)
+    assert found == {"data": {"event": {"eventId": event_id}}}
+    logs = gql(
+        "query($e: String) { logs(filters: {eventId: $e}) { edges { node { eventId } } } }",
+        {"e": event_id},
+        persona=admin,
+    )
+    assert logs["data"]["logs"]["edges"] == [{"node": {"eventId": event_id}}] * 2
+
+
+def test_an_event_id_that_is_not_utf8_is_invalid(
+    post_incoming: Poster, app_secret: str, two_active_one_inactive: list[Destination]
+) -> None:
+    response = post_incoming(json.dumps(PAYLOAD), token=app_secret, event_id="caf\xe9")
+    assert response.status_code == 400
+    assert response.json() == {
+        "success": False,
+        "code": "invalid_event_id",
+        "message": "CL-X-EVENT-ID must be UTF-8 text.",
+    }
+    assert (Event.objects.count(), DeliveryLog.objects.count()) == (0, 0)

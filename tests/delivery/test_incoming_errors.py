@@ -7,7 +7,9 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
+from django.db import InterfaceError, OperationalError, connection
 from django.test import Client, override_settings
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from delivery.models import DeliveryLog, Event
 from identity import services as identity_services
@@ -184,3 +186,85 @@ def test_requests_over_the_rate_limit_are_refused_with_retry_after(
     assert before[0] >= 2
     assert (Event.objects.count(), DeliveryLog.objects.count(), len(enqueued)) == before
     assert callbacks == []
+
+
+# --- Outages and unexpected errors: JSON, never Django's HTML page ---------------------------
+
+UNAVAILABLE = error("unavailable", "Temporarily unavailable; retry.")
+
+
+def _database_down(exception: type[Exception]) -> Callable[..., Any]:
+    def execute(*args: Any, **kwargs: Any) -> Any:
+        raise exception("server closed the connection unexpectedly")
+
+    return execute
+
+
+@pytest.mark.parametrize("exception", [OperationalError, InterfaceError])
+def test_database_outage_is_unavailable_with_retry_after(
+    post_incoming: Poster, app_secret: str, nothing_written: Any, exception: type[Exception]
+) -> None:
+    with nothing_written(), connection.execute_wrapper(_database_down(exception)):
+        response = post_incoming(VALID, token=app_secret)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json() == UNAVAILABLE
+
+
+def test_redis_outage_at_the_destinations_lookup_is_unavailable(
+    post_incoming: Poster,
+    app_secret: str,
+    nothing_written: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from delivery import selectors
+
+    assert account_id_for_app_secret(app_secret) is not None  # the token lookup is cached
+    real_get = selectors.cache.get
+
+    def get(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("destinations:"):
+            raise RedisConnectionError("Connection refused")
+        return real_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(selectors.cache, "get", get)
+    with nothing_written():
+        response = post_incoming(VALID, token=app_secret)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json() == UNAVAILABLE
+
+
+def test_unexpected_error_is_a_json_500(
+    app_secret: str, nothing_written: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from delivery import services
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(services, "event_ingest", broken)
+    with nothing_written():
+        response = Client(raise_request_exception=False).post(
+            INCOMING, VALID, content_type="application/json", headers={"CL-X-TOKEN": app_secret}
+        )
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == error("internal_error", "Unexpected error.")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_account_deleted_after_the_token_check_is_unauthenticated(
+    app_secret: str, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from delivery import views
+
+    # The token was checked just before the account's deletion committed.
+    monkeypatch.setattr(views, "account_id_for_app_secret", lambda raw: account.pk)
+    Account.objects.filter(pk=account.pk).delete()
+    response = Client().post(
+        INCOMING, VALID, content_type="application/json", headers={"CL-X-TOKEN": app_secret}
+    )
+    assert response.status_code == 401
+    assert response.json() == error("unauthenticated", "Missing or invalid CL-X-TOKEN.")
+    assert (Event.objects.count(), DeliveryLog.objects.count()) == (0, 0)

@@ -18,6 +18,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from huey.contrib.djhuey import HUEY
 from twisted.internet import reactor
 
+from project.body_guard import install_daphne_guard
+
 
 class Command(BaseCommand):
     help = "Run the ASGI server and the in-process queue consumer together."
@@ -63,6 +65,9 @@ class Command(BaseCommand):
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, _shut_down, server)
 
+        # Refuse over-large and unwanted bodies on headers, in the reactor (project/body_guard.py;
+        # importing project.asgi installs it too, this makes it independent of that import).
+        install_daphne_guard()
         server = Server(
             application=get_default_application(),
             endpoints=build_endpoint_description_strings(host=host, port=port),
