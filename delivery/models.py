@@ -3,6 +3,7 @@ from django.db import models
 from django.db.models import Q
 
 from identity.models import Account
+from project.crypto import EncryptedJSONField, EncryptedTextField
 
 
 class HttpMethod(models.TextChoices):
@@ -19,9 +20,10 @@ class Destination(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="destinations")
     url = models.URLField(max_length=2000)
     http_method = models.CharField(max_length=10, choices=HttpMethod.choices)
-    headers = models.JSONField(default=dict, blank=True, help_text="Extra request headers.")
+    # Both encrypted at rest (project.crypto): Python sees the clear values.
+    headers = EncryptedJSONField(default=dict, blank=True, help_text="Extra request headers.")
     is_active = models.BooleanField(default=True)
-    signing_secret = models.CharField(max_length=100, help_text="Standard Webhooks `whsec_…`.")
+    signing_secret = EncryptedTextField(help_text="Standard Webhooks `whsec_…`.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -11,6 +11,7 @@ from huey import crontab
 from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
 
 from delivery import services
+from identity.auth import tokens_purge
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ def sweep() -> None:
 
 @db_periodic_task(crontab(minute="17", hour="3"))
 def purge() -> None:
-    """Delete logs, attempts and orphan events past DELIVERY_LOG_RETENTION_DAYS."""
+    """Delete logs, attempts and orphan events past DELIVERY_LOG_RETENTION_DAYS, and expired
+    user tokens."""
     counts = services.logs_purge()
+    counts["tokens"] = tokens_purge()
     logger.info("Retention purge: %s", counts)
 
 

@@ -1,6 +1,6 @@
-"""User bearer tokens: issue, resolve, revoke. Only digests are stored."""
+"""User bearer tokens: issue, resolve, revoke, purge once expired. Only digests are stored."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -55,4 +55,16 @@ def token_user(raw: str | None) -> User | None:
 def token_revoke(raw: str) -> int:
     """Delete the token; returns how many rows went (0 or 1)."""
     deleted, _ = AuthToken.objects.filter(key_hash=secrets.digest(raw)).delete()
+    return deleted
+
+
+def tokens_purge(*, now: datetime | None = None, batch: int = 1000) -> int:
+    """Delete every token expired at `now` (default: the current time), `batch` rows per
+    statement so that a large backlog never holds long locks; returns how many went."""
+    now = now or timezone.now()
+    deleted = 0
+    while pks := list(
+        AuthToken.objects.filter(expires_at__lte=now).values_list("pk", flat=True)[:batch]
+    ):
+        deleted += AuthToken.objects.filter(pk__in=pks).delete()[0]
     return deleted

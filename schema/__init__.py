@@ -7,6 +7,7 @@ import strawberry
 from django.conf import settings
 from graphql import GraphQLError, StringValueNode, ValidationRule
 from strawberry.extensions import (
+    DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     QueryDepthLimiter,
@@ -72,6 +73,18 @@ class RefuseNul(SchemaExtension):
         yield
 
 
+class IntrospectionSetting(DisableIntrospection):
+    """Refuses `__schema` and `__type` at validation unless GRAPHQL_INTROSPECTION is on (read
+    per operation, so the setting can change in tests). `__typename` always answers;
+    schema.graphql and `manage.py export_schema` do not need introspection."""
+
+    def on_operation(self) -> Iterator[None]:
+        if settings.GRAPHQL_INTROSPECTION:
+            yield
+        else:
+            yield from super().on_operation()
+
+
 schema = Schema(
     query=Query,
     mutation=Mutation,
@@ -81,6 +94,7 @@ schema = Schema(
         lambda: MaxAliasesLimiter(max_alias_count=settings.GRAPHQL_MAX_ALIASES),
         lambda: MaxTokensLimiter(max_token_count=settings.GRAPHQL_MAX_TOKENS),
         RefuseNul,
+        IntrospectionSetting,
         ErrorPolicy,
         DjangoOptimizerExtension,
     ],

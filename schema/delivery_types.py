@@ -5,6 +5,7 @@ Importing this module only defines types (the subscription in schema/subscriptio
 with select_related/prefetch_related, so lists cost a constant number of queries.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from strawberry.types import Info
 from strawberry_django.resolvers import django_resolver
 
 from delivery import models, selectors
+from delivery.live import recheck_interval
 from identity.models import User
 from identity.permissions import Action, account_ids
 from schema import context
@@ -36,34 +38,46 @@ LogStatus = strawberry.enum(
 
 
 # --- Signing secrets: visible to the ADMINs of the destination's account only ---------------
+# (header values likewise: others see this in place of each value)
+HEADER_VALUE_MASK = "********"
 
 
 @dataclass
 class _AdminAccounts:
-    # The root value the ids were computed for: None for every field of an HTTP request, the
-    # yielded object for each event of a subscription (whose context lives as long as the
-    # connection), so a role change is seen by the next event.
+    # Reused within one HTTP request (its context lives for that request; the root value is
+    # None for every field). A WebSocket context lives as long as the connection: there the
+    # ids are reused only for the same user and for at most `recheck_interval()` seconds, so a
+    # role change is seen within LIVE_RECHECK_SECONDS, by the next event after it at the latest.
     root: object
+    actor: tuple[object, bool, bool]
+    at: float  # time.monotonic() when computed
     ids: frozenset[str] | None  # None: every account (superuser)
 
 
 def _admin_account_ids(info: Info) -> frozenset[str] | None:
     """Ids of the accounts where the caller may manage destinations (None: all of them),
-    computed once per request (once per event for subscriptions)."""
+    computed once per HTTP request, and at least every `recheck_interval()` on a WebSocket."""
     ctx: Any = info.context
-    # HTTP contexts are objects; the WebSocket context of strawberry's consumer is a dict.
-    store: dict[str, Any] = ctx if isinstance(ctx, dict) else ctx.__dict__
-    cached: _AdminAccounts | None = store.get("_admin_accounts")
-    if cached is not None and cached.root is info.root_value:
-        return cached.ids
     actor = context.actor(info)
+    key = (getattr(actor, "pk", None), bool(actor.is_active), bool(actor.is_superuser))
+    # HTTP contexts are objects; the WebSocket context of strawberry's consumer is a dict.
+    socket = isinstance(ctx, dict)
+    store: dict[str, Any] = ctx if socket else ctx.__dict__
+    cached: _AdminAccounts | None = store.get("_admin_accounts")
+    if cached is not None and cached.actor == key:
+        if socket and time.monotonic() - cached.at < recheck_interval():
+            return cached.ids
+        if not socket and cached.root is info.root_value:
+            return cached.ids
     ids: frozenset[str] | None
     if isinstance(actor, User) and actor.is_active and actor.is_superuser:
         ids = None
     else:
         pks = account_ids(actor, Action.DESTINATION_MANAGE).values_list("pk", flat=True)
         ids = frozenset(str(pk) for pk in pks)
-    store["_admin_accounts"] = _AdminAccounts(root=info.root_value, ids=ids)
+    store["_admin_accounts"] = _AdminAccounts(
+        root=info.root_value, actor=key, at=time.monotonic(), ids=ids
+    )
     return ids
 
 
@@ -76,9 +90,20 @@ class Destination:
     account: Account
     url: str
     http_method: HttpMethod  # type: ignore[valid-type]
-    headers: JSON = strawberry_django.field(
-        description="Extra request headers: an object of header name to string value."
+
+    @strawberry_django.field(
+        only=["headers", "account_id"],
+        description="Extra request headers: an object of header name to string value. The "
+        "values (often the receiver's API keys) are readable by ADMINs of the destination's "
+        'account only: everyone else sees each name with the value "********". Write-only '
+        "for NORMAL_USERs: destinationUpdate still replaces them.",
     )
+    def headers(self, root: models.Destination, info: Info) -> JSON:
+        ids = _admin_account_ids(info)
+        if ids is None or str(root.account_id) in ids:
+            return JSON(root.headers)
+        return JSON(dict.fromkeys(root.headers, HEADER_VALUE_MASK))
+
     is_active: bool = strawberry_django.field(
         description="Inactive destinations receive no new deliveries."
     )

@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "tests-only-not-secret")
 os.environ.setdefault("DELIVERY_ALLOW_PRIVATE_NETWORKS", "1")
+# A fixed key (tests only), also inherited by the service processes the tests start.
+os.environ.setdefault("ENCRYPTION_KEYS", "d1m-w734phRLp8koKl49bPKJaoJmx2peG2xtYEMVygM=")
+# Test tools read the schema by introspection (schemathesis); tests/security checks it off.
+os.environ.setdefault("GRAPHQL_INTROSPECTION", "1")
 os.environ.setdefault("TEST_RUN_ID", f"t{os.getpid()}")
 os.environ.setdefault("CACHE_KEY_PREFIX", os.environ["TEST_RUN_ID"])
 os.environ.setdefault("HUEY_NAME", os.environ["TEST_RUN_ID"])

@@ -310,6 +310,7 @@ def test_destination_update_role_matrix(
         expected = _destination(destination)
         if persona == "normal_user":
             expected["signingSecret"] = None
+            expected["headers"] = {"X-Key": "********"}
         assert body == {"data": {"destinationUpdate": expected}}
         assert (destination.url, destination.http_method, destination.is_active) == (
             "https://example.com/changed",

@@ -25,12 +25,13 @@ DESTINATION = f"query ($id: ID!) {{ destination(id: $id) {{ {FIELDS} }} }}"
 
 
 def _destination(d: Destination, *, secret: bool) -> dict[str, Any]:
+    # Header values, like the secret, are for ADMINs: others see the names only.
     return {
         "id": str(d.pk),
         "account": {"id": str(d.account.pk), "name": d.account.name},
         "url": d.url,
         "httpMethod": d.http_method,
-        "headers": d.headers,
+        "headers": d.headers if secret else dict.fromkeys(d.headers, "********"),
         "isActive": d.is_active,
         "signingSecret": d.signing_secret if secret else None,
         "createdAt": d.created_at.isoformat(),

@@ -3,25 +3,34 @@
 User tokens and account app secrets exist in clear only in the answer that hands them out:
 after signup, login, accountCreate and accountRotateSecret, no column of any table and no
 cache entry holds them (only SHA-256 digests and a short visible prefix). Destination signing
-secrets must be stored as they are (they sign every request) but, like passwords, tokens and
-app secrets, they never reach a log record — at DEBUG level, through failed logins and
-deliveries that fail."""
+secrets and header values must be usable (they go out with every request): they are stored
+encrypted with the keys of ENCRYPTION_KEYS, which `manage.py rotate_encryption_keys` rotates.
+Like passwords, tokens and app secrets, they never reach a log record — at DEBUG level,
+through failed logins and deliveries that fail."""
 
+import json
 import logging
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from io import StringIO
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import FieldError
+from django.core.management import CommandError, call_command
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 
 from delivery.models import DeliveryAttempt, Destination
+from identity.models import Account
 from identity.secrets import VISIBLE_CHARS
+from project import crypto
 from tests.conftest import GraphQL
+from tests.factories import make_destination
 from tests.sink import Sink
 
 Capture = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
@@ -185,7 +194,9 @@ def test_no_password_token_or_secret_reaches_the_logs(
         ("HTTPStatus", 500),
         ("", 200),
     ]
-    assert Destination.objects.filter(signing_secret__in=signing_secrets).count() == 3
+    assert sorted(Destination.objects.values_list("signing_secret", flat=True)) == sorted(
+        signing_secrets
+    )
 
     secrets = {
         "password": PASSWORD,
@@ -200,3 +211,126 @@ def test_no_password_token_or_secret_reaches_the_logs(
     for name, secret in secrets.items():
         leaked = [text for text in texts if secret in text]
         assert not leaked, f"the {name} is logged: {leaked[:1]}"
+
+
+# --- Destination secrets and headers: encrypted at rest ----------------------------------------
+
+HEADERS = {"Authorization": "Bearer dest-api-key-0123456789", "X-Tenant": "acme-tenant-x7"}
+
+
+def raw_destination_columns(pk: int) -> tuple[str, str]:
+    """The signing_secret and headers columns of one destination as the database holds them."""
+    table = connection.ops.quote_name(Destination._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT signing_secret, headers FROM {table} WHERE id = %s", [pk])
+        secret, headers = cursor.fetchone()
+    return str(secret), str(headers)
+
+
+def decrypt(raw: str, *keys: str) -> str:
+    return MultiFernet([Fernet(key) for key in keys]).decrypt(raw.encode()).decode()
+
+
+def test_destination_secret_and_headers_are_stored_encrypted(account: Account) -> None:
+    destination = make_destination(account, headers=HEADERS)
+    secret = destination.signing_secret
+    assert secret.startswith("whsec_")
+
+    raw_secret, raw_headers = raw_destination_columns(destination.pk)
+
+    for raw in (raw_secret, raw_headers):
+        assert raw.startswith("gAAAAA")  # a Fernet token (version byte 0x80)
+        for clear in (secret.removeprefix("whsec_"), *HEADERS, *HEADERS.values()):
+            assert clear not in raw
+    assert decrypt(raw_secret, *settings.ENCRYPTION_KEYS) == secret
+    assert json.loads(decrypt(raw_headers, *settings.ENCRYPTION_KEYS)) == HEADERS
+    stored = [text for _, text in every_stored_value()]
+    for clear in (secret.removeprefix("whsec_"), *HEADERS.values()):
+        assert not [text for text in stored if clear in text]
+
+
+def test_encrypted_fields_read_back_as_clear_values(account: Account) -> None:
+    destination = make_destination(account, headers=HEADERS)
+
+    fresh = Destination.objects.get(pk=destination.pk)
+    fresh.headers = {"X-Other": "2"}
+    fresh.save()
+    twin = make_destination(account, headers={"X-Other": "2"})
+
+    assert (fresh.signing_secret, fresh.headers) == (destination.signing_secret, {"X-Other": "2"})
+    assert Destination.objects.values_list("signing_secret", "headers").get(pk=fresh.pk) == (
+        destination.signing_secret,
+        {"X-Other": "2"},
+    )
+    # Every write encrypts anew (random IV): equal values do not show as equal ciphertexts.
+    assert raw_destination_columns(fresh.pk)[1] != raw_destination_columns(twin.pk)[1]
+
+
+@pytest.mark.parametrize("field", ["signing_secret", "headers"])
+def test_encrypted_fields_refuse_lookups_that_cannot_match(account: Account, field: str) -> None:
+    destination = make_destination(account)
+
+    with pytest.raises(FieldError, match="Unsupported lookup 'exact'"):
+        Destination.objects.filter(**{field: getattr(destination, field)}).count()
+    assert Destination.objects.filter(**{f"{field}__isnull": False}).count() == 1
+
+
+def test_a_value_no_configured_key_decrypts_fails_loudly(account: Account) -> None:
+    destination = make_destination(account)
+
+    with (
+        override_settings(ENCRYPTION_KEYS=[Fernet.generate_key().decode()]),
+        pytest.raises(crypto.DecryptionError) as raised,
+    ):
+        Destination.objects.get(pk=destination.pk)
+
+    assert str(raised.value) == (
+        "delivery.Destination.headers: no key of ENCRYPTION_KEYS decrypts the stored value "
+        "(was the key that encrypted it removed before `manage.py rotate_encryption_keys` "
+        "ran?)"
+    )
+
+
+def test_rotate_encryption_keys_moves_every_row_to_the_first_key(account: Account) -> None:
+    old_keys = list(settings.ENCRYPTION_KEYS)
+    new_key = Fernet.generate_key().decode()
+    destinations = [make_destination(account, headers={"X-Key": f"value {n}"}) for n in range(5)]
+    first, second = StringIO(), StringIO()
+
+    with override_settings(ENCRYPTION_KEYS=[new_key, *old_keys]):
+        # One row is already under the new key: it is left as it is.
+        Destination.objects.get(pk=destinations[0].pk).save()
+        call_command("rotate_encryption_keys", batch_size=2, stdout=first)
+        call_command("rotate_encryption_keys", stdout=second)  # idempotent
+
+    assert (
+        first.getvalue() == "delivery.Destination: 4 of 5 rows re-encrypted with the first key.\n"
+    )
+    assert (
+        second.getvalue() == "delivery.Destination: 0 of 5 rows re-encrypted with the first key.\n"
+    )
+    for destination in destinations:
+        raw_secret, raw_headers = raw_destination_columns(destination.pk)
+        assert decrypt(raw_secret, new_key) == destination.signing_secret
+        assert json.loads(decrypt(raw_headers, new_key)) == destination.headers
+    with override_settings(ENCRYPTION_KEYS=[new_key]):  # the old key dropped
+        assert list(
+            Destination.objects.order_by("pk").values_list("signing_secret", "headers")
+        ) == [(d.signing_secret, d.headers) for d in destinations]
+
+
+def test_rotation_stops_with_the_field_named_when_no_key_decrypts_a_row(account: Account) -> None:
+    destination = make_destination(account)
+    before = raw_destination_columns(destination.pk)
+
+    with (
+        override_settings(ENCRYPTION_KEYS=[Fernet.generate_key().decode()]),
+        pytest.raises(CommandError) as raised,
+    ):
+        call_command("rotate_encryption_keys", stdout=StringIO())
+
+    assert str(raised.value).startswith(
+        f"delivery.Destination.headers of row {destination.pk}: no key of ENCRYPTION_KEYS "
+        "decrypts the stored value"
+    )
+    assert raw_destination_columns(destination.pk) == before
