@@ -6,12 +6,16 @@ and `REDIS_URL` switches every shared piece to PostgreSQL and Redis so that any 
 and worker processes can run side by side.
 """
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from huey import PriorityRedisHuey, SqliteHuey
+from limits import parse_many
 
 from project.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -23,6 +27,30 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+
+# --- Encryption at rest (destination signing secrets and headers; README: Encryption at rest)
+# Fernet keys, comma-separated, newest first: the first encrypts, every one decrypts.
+ENCRYPTION_KEYS = env_list("ENCRYPTION_KEYS", [])
+if not ENCRYPTION_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "ENCRYPTION_KEYS is required when DEBUG is off (comma-separated Fernet keys, newest "
+            "first; see README: Encryption at rest)"
+        )
+    # Development only: a key derived from SECRET_KEY (changing SECRET_KEY loses the data).
+    ENCRYPTION_KEYS = [
+        base64.urlsafe_b64encode(
+            hashlib.sha256(f"datapusher encryption at rest:{SECRET_KEY}".encode()).digest()
+        ).decode()
+    ]
+for _position, _key in enumerate(ENCRYPTION_KEYS, 1):
+    try:
+        Fernet(_key)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"ENCRYPTION_KEYS: key {_position} is not a Fernet key (32 url-safe base64-encoded "
+            "bytes)"
+        ) from None
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -51,6 +79,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: sees a view's exception first; JSON errors on incoming_data and /graphql/.
+    "project.middleware.JsonErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -156,8 +186,13 @@ HOT_PATH_CACHE_SECONDS = 300
 # --- Live status ----------------------------------------------------------------------------
 # Browser origins (besides the server's own) allowed to open the GraphQL WebSocket.
 WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", [])
-# How often a live subscription re-checks its token and memberships, in seconds.
-LIVE_RECHECK_SECONDS = 1.0
+# Longest time an open WebSocket acts on stale authorization: a revoked or expired token, a
+# deactivated user, a lost membership or role is seen within this many seconds, idle or not.
+LIVE_RECHECK_SECONDS = env_float("LIVE_RECHECK_SECONDS", 1.0)
+if not LIVE_RECHECK_SECONDS > 0:
+    raise ImproperlyConfigured(f"LIVE_RECHECK_SECONDS must be > 0; got {LIVE_RECHECK_SECONDS}")
+# Open WebSockets per user, counted across processes through the cache (Redis) when shared.
+WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1)
 
 # --- Identity -------------------------------------------------------------------------------
 AUTH_USER_MODEL = "identity.User"
@@ -168,17 +203,58 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 AUTH_TOKEN_TTL_DAYS = env_int("AUTH_TOKEN_TTL_DAYS", 14, minimum=1)
-# Failed logins allowed per window, per email and per client address.
-LOGIN_FAILURES_PER_EMAIL = 5
-LOGIN_FAILURES_PER_ADDRESS = 30
-LOGIN_THROTTLE_WINDOW_SECONDS = 300
+
+
+def _env_limit(name: str, default: str) -> str:
+    """A rate in the `limits` library's notation, e.g. "5/15minute"; malformed stops start-up."""
+    raw = env_str(name) or default
+    try:
+        items = parse_many(raw)
+    except ValueError:
+        items = []
+    if len(items) != 1 or items[0].amount < 1:
+        raise ImproperlyConfigured(f"{name} must be one limit like {default!r}; got {raw!r}")
+    return raw
+
+
+# Failed password checks (login, admin login, userUpdate currentPassword) allowed in a moving
+# window: per email from one client address (stops a guesser, not the owner elsewhere), per
+# address over all emails, and per email over all addresses (a cap on distributed guessing).
+LOGIN_FAILURES_PER_EMAIL_ADDRESS = _env_limit("LOGIN_FAILURES_PER_EMAIL_ADDRESS", "5/15minute")
+LOGIN_FAILURES_PER_ADDRESS = _env_limit("LOGIN_FAILURES_PER_ADDRESS", "30/15minute")
+LOGIN_FAILURES_PER_EMAIL = _env_limit("LOGIN_FAILURES_PER_EMAIL", "100/hour")
+# The admin site's login goes through the same throttle.
+AUTHENTICATION_BACKENDS = ["identity.backends.ThrottledModelBackend"]
 # Reverse proxies in front of the API that append to X-Forwarded-For (0: trust none).
 NUM_PROXIES = env_int("NUM_PROXIES", 0)
+# Where people reach the service (or its frontend): the base of the links in mails.
+PUBLIC_URL = env_str("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+if not PUBLIC_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"PUBLIC_URL must be an http(s) URL; got {PUBLIC_URL!r}")
+# How long an invitation's secret, and an email verification token, can be used.
+INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
+EMAIL_VERIFICATION_TTL_HOURS = env_int("EMAIL_VERIFICATION_TTL_HOURS", 48, minimum=1)
+# Mail (invitations, email verification) goes through Django's email backend.
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10  # seconds; mail is sent in the request, after its transaction commits
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Data Pusher <datapusher@localhost>")
 
 # --- GraphQL --------------------------------------------------------------------------------
 GRAPHQL_MAX_DEPTH = 10
 GRAPHQL_MAX_ALIASES = 15
 GRAPHQL_MAX_TOKENS = 2000
+# Schema introspection (`__schema`, `__type`); off in production unless turned on.
+GRAPHQL_INTROSPECTION = env_bool("GRAPHQL_INTROSPECTION", DEBUG)
 STRAWBERRY_DJANGO = {
     "MUTATIONS_DEFAULT_HANDLE_ERRORS": True,
     "FIELD_DESCRIPTION_FROM_HELP_TEXT": True,
