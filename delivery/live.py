@@ -26,6 +26,7 @@ from django.db.models import Q
 from delivery.models import DeliveryLog
 from delivery.selectors import LogFilters, apply_log_filters, log_matches
 from identity.errors import NotFound, Unauthenticated
+from identity.ids import parse_pk
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,16 @@ def _catch_up_chunk(
     return list(logs.order_by("updated_at", "pk")[:CATCH_UP_CHUNK])
 
 
+def _may_match(update: dict[str, Any], filters: LogFilters) -> bool:
+    """A cheap check on the message's own fields, so that rows are loaded only for changes
+    that can match; `log_matches` on the loaded row decides."""
+    if filters.destination_id is not None and str(update["destination_id"]) != str(
+        parse_pk(filters.destination_id)
+    ):
+        return False
+    return not filters.statuses or update["status"] in filters.statuses
+
+
 async def _with_ticks(
     messages: AsyncIterator[dict[str, Any]], interval: float
 ) -> AsyncGenerator[dict[str, Any] | None]:
@@ -262,6 +273,7 @@ async def log_stream(
                     u
                     for u in message["updates"]
                     if u["account_id"] in accounts
+                    and _may_match(u, filters)
                     and not (
                         u["log_id"] in shown
                         and u["updated_at"] is not None
