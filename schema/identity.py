@@ -5,7 +5,7 @@ import strawberry
 import strawberry_django
 from strawberry.types import Info
 
-from identity import selectors, services
+from identity import members, selectors, services
 from schema import context
 from schema.context import given
 from schema.types import (
@@ -230,7 +230,7 @@ class IdentityMutation:
         "Codes: already_member, invalid."
     )
     def member_invite(self, info: Info, input: MemberInviteInput) -> Member | Invitation:
-        return services.member_invite(  # type: ignore[return-value]
+        return members.member_invite(  # type: ignore[return-value]
             actor=context.actor(info),
             account_id=input.account_id,
             email=input.email,
@@ -244,20 +244,20 @@ class IdentityMutation:
         "used or revoked token, or another address; nothing changes), already_member."
     )
     def invitation_accept(self, info: Info, token: str) -> Member:
-        return services.invitation_accept(actor=context.actor(info), token=token)  # type: ignore[return-value]
+        return members.invitation_accept(actor=context.actor(info), token=token)  # type: ignore[return-value]
 
     @strawberry_django.mutation(
         description="Revoke a pending invitation; its token stops working. ADMIN."
     )
     def invitation_revoke(self, info: Info, id: strawberry.ID) -> Deleted:
-        services.invitation_revoke(actor=context.actor(info), invitation_id=id)
+        members.invitation_revoke(actor=context.actor(info), invitation_id=id)
         return Deleted(id=id)
 
     @strawberry_django.mutation(
         description="Add a user you can see (a member of another account you administer). ADMIN."
     )
     def member_add(self, info: Info, input: MemberAddInput) -> Member:
-        return services.member_add(  # type: ignore[return-value]
+        return members.member_add(  # type: ignore[return-value]
             actor=context.actor(info),
             account_id=input.account_id,
             user_id=input.user_id,
@@ -268,7 +268,7 @@ class IdentityMutation:
         description="Change a member's role. ADMIN. Code last_admin when demoting the last admin."
     )
     def member_update(self, info: Info, id: strawberry.ID, input: MemberUpdateInput) -> Member:
-        return services.member_update(  # type: ignore[return-value]
+        return members.member_update(  # type: ignore[return-value]
             actor=context.actor(info), membership_id=id, role=input.role
         )
 
@@ -277,5 +277,5 @@ class IdentityMutation:
         "Code last_admin when removing the last admin."
     )
     def member_remove(self, info: Info, id: strawberry.ID) -> Deleted:
-        services.member_remove(actor=context.actor(info), membership_id=id)
+        members.member_remove(actor=context.actor(info), membership_id=id)
         return Deleted(id=id)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from identity import services
+from identity import members
 from identity.auth import token_issue
 from identity.models import Account, Membership
 from tests.conftest import GraphQL, Persona
@@ -99,14 +99,14 @@ def test_superuser_may_rename_anyone(gql: GraphQL, normal_user: Persona, outside
 @pytest.fixture
 def removed_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
     """The membership is deleted (by a concurrent memberRemove) right after it was looked up."""
-    lookup = services._membership_for_change
+    lookup = members._membership_for_change
 
     def lookup_then_lose_the_race(actor: Any, membership_id: int | str) -> Membership:
         membership = lookup(actor, membership_id)
         Membership.objects.filter(pk=membership.pk).delete()
         return membership
 
-    monkeypatch.setattr(services, "_membership_for_change", lookup_then_lose_the_race)
+    monkeypatch.setattr(members, "_membership_for_change", lookup_then_lose_the_race)
 
 
 @pytest.mark.usefixtures("removed_meanwhile")
