@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast lint worker bench schema clean
+.PHONY: run prod test test-fast lint worker bench schema clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,12 @@ run: $(STAMP)
 		$(PY) manage.py migrate --no-input -v0
 	DEBUG=$${DEBUG:-1} DELIVERY_ALLOW_PRIVATE_NETWORKS=$${DELIVERY_ALLOW_PRIVATE_NETWORKS:-1} \
 		$(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+## prod: the production topology on $(HOST):$(PORT) (README: Production): nginx in front of gunicorn
+## (HTTP) and daphne (WebSocket), WORKERS x run_huey; needs DATABASE_URL, REDIS_URL, SECRET_KEY,
+## ENCRYPTION_KEYS and nginx; runs migrate and collectstatic first; Ctrl-C stops everything
+prod: $(STAMP)
+	HOST=$(HOST) PORT=$(PORT) $(PY) deploy/prod.py
 
 ## test: run the whole suite (embedded defaults, or PostgreSQL + Redis when DATABASE_URL/REDIS_URL are set)
 test: $(STAMP)

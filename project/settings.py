@@ -8,6 +8,7 @@ and worker processes can run side by side.
 
 import base64
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,29 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+
+
+# The management command this process runs (manage.py, django-admin, python -m django).
+_COMMAND = sys.argv[1] if len(sys.argv) > 1 else ""
+# Django's ASGI path: an ASGI server imports project.asgi, which loads these settings while its
+# own import is under way; `manage.py serve` and `runserver` (daphne) load them first.
+SERVES_ASGI = "project.asgi" in sys.modules or _COMMAND in {"serve", "runserver"}
+# Where connections are reused safely: a WSGI server (project.wsgi) or a queue worker, whose
+# threads live as long as the process. Other commands and tests open and close them.
+_PERSISTENT_BY_DEFAULT = "project.wsgi" in sys.modules or _COMMAND == "run_huey"
+
+# Django's ASGI path runs each request's sync code in a thread of its own, so a persistent
+# connection per thread is never reused and piles up until PostgreSQL refuses clients (STACK.md
+# trap 13). There DATABASE_CONN_MAX_AGE is ignored: connections are closed after each request,
+# and on PostgreSQL they come from a per-process pool of DATABASE_POOL_MAX_SIZE.
+DATABASE_CONN_MAX_AGE = (
+    0 if SERVES_ASGI else env_int("DATABASE_CONN_MAX_AGE", 60 if _PERSISTENT_BY_DEFAULT else 0)
+)
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 10, minimum=1)
 _database: dict[str, Any] = dict(
     dj_database_url.parse(
         DATABASE_URL,
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        conn_max_age=DATABASE_CONN_MAX_AGE,
         conn_health_checks=True,
     )
 )
@@ -118,6 +138,13 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
+    }
+elif SERVES_ASGI and _database["ENGINE"] == "django.db.backends.postgresql":
+    # A request waits up to 10 s for a free connection (then fails as unavailable).
+    _database.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DATABASE_POOL_MAX_SIZE),
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": 10,
     }
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
