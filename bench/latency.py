@@ -89,20 +89,20 @@ def run(ctx: Context) -> Section:
             log(f"sending {rate} events/s for {seconds} s")
             sent = _send(port, tenant.app_secret, prefix, rate, seconds)
             accepted = {k: s for k, s in sent.items() if s.status == 202}
-            ids = dict(
-                DeliveryLog.objects.filter(
-                    account=tenant.account, event__event_id__in=list(accepted)
-                ).values_list("pk", "event__event_id")
-            )
+            rows = DeliveryLog.objects.filter(
+                account=tenant.account, event__event_id__in=list(accepted)
+            ).values_list("pk", "event__event_id", "webhook_id")
+            ids = {pk: event_id for pk, event_id, _ in rows}
+            hooks = {pk: webhook_id for pk, _, webhook_id in rows}
             deadline = time.monotonic() + SETTLE_SECONDS
             while time.monotonic() < deadline:
                 arrived = sink.arrivals()
-                if all(f"msg_{pk}" in arrived and pk in success for pk in ids):
+                if all(hooks[pk] in arrived and pk in success for pk in ids):
                     break
                 time.sleep(0.5)
             arrived = sink.arrivals()
             log(f"sent {len(sent)}, accepted {len(accepted)}")
-            _report(section, rate, seconds, judged, sent, accepted, ids, arrived, success)
+            _report(section, rate, seconds, judged, sent, accepted, ids, hooks, arrived, success)
         loop.close()
     section.notes.insert(
         0,
@@ -121,13 +121,14 @@ def _report(
     sent: dict[str, Sent],
     accepted: dict[str, Sent],
     ids: dict[int, str],
+    hooks: dict[int, str],
     arrived: dict[str, float],
     success: dict[int, float],
 ) -> None:
     to_sink, to_ws, sink_after_202, ws_after_202 = [], [], [], []
     for pk, event_id in ids.items():
         s = accepted[event_id]
-        if (t := arrived.get(f"msg_{pk}")) is not None:
+        if (t := arrived.get(hooks[pk])) is not None:
             to_sink.append((t - s.scheduled) * 1e3)
             sink_after_202.append((t - s.answered) * 1e3)
         if (t := success.get(pk)) is not None:

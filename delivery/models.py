@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -46,7 +48,13 @@ class Event(models.Model):
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="events")
     event_id = models.CharField(max_length=255, help_text="CL-X-EVENT-ID, or generated.")
-    payload = models.JSONField()
+    payload = models.JSONField(help_text="The body parsed, for queries and filters.")
+    # What is sent: PostgreSQL's jsonb reorders keys and drops whitespace and duplicate keys.
+    body = models.TextField(
+        blank=True,
+        default="",
+        help_text="The body as received (UTF-8 text); empty for events stored before it was kept.",
+    )
     size = models.PositiveIntegerField(help_text="Body size in bytes.")
     received_at = models.DateTimeField(db_index=True)
 
@@ -70,6 +78,12 @@ class LogStatus(models.TextChoices):
 UNFINISHED = (LogStatus.QUEUED, LogStatus.SENDING, LogStatus.RETRYING)
 
 
+def new_webhook_id() -> str:
+    """A Standard Webhooks message id no other log, installation or database shares: 128
+    random bits. Not derived from the database id (two installations would collide)."""
+    return f"msg_{uuid.uuid4().hex}"
+
+
 class DeliveryLog(models.Model):
     """The delivery of one event to one destination: the outbox row and its outcome."""
 
@@ -78,6 +92,11 @@ class DeliveryLog(models.Model):
         Destination, null=True, on_delete=models.SET_NULL, related_name="logs"
     )
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    # Stable across retries so receivers can de-duplicate; unique everywhere so they never
+    # drop a real message. Logs stored before this field keep the `msg_<id>` they were sent with.
+    webhook_id = models.CharField(
+        max_length=40, unique=True, default=new_webhook_id, editable=False
+    )
     status = models.CharField(max_length=10, choices=LogStatus.choices, default=LogStatus.QUEUED)
     attempt_count = models.PositiveIntegerField(default=0)
     # Attempts made before the latest manual retry: the retry schedule restarts from there.
@@ -113,11 +132,6 @@ class DeliveryLog(models.Model):
 
     def __str__(self) -> str:
         return f"log {self.pk} ({self.status})"
-
-    @property
-    def webhook_id(self) -> str:
-        """Standard Webhooks message id: stable across retries so receivers can de-duplicate."""
-        return f"msg_{self.pk}"
 
 
 class DeliveryAttempt(models.Model):

@@ -1,6 +1,7 @@
 """Writes of the delivery domain. Background work is scheduled after commit, by id; every
 status change of a log is published to live subscribers after commit."""
 
+import json
 import logging
 import random
 import re
@@ -268,10 +269,19 @@ class IngestResult:
 
 
 def event_ingest(
-    *, account_id: uuid.UUID, event_id: str | None, payload: dict[str, Any], size: int
+    *,
+    account_id: uuid.UUID,
+    event_id: str | None,
+    payload: dict[str, Any],
+    size: int,
+    body: bytes | None = None,
 ) -> IngestResult:
     """Store an event and one `queued` log per active destination in one transaction;
     enqueue their deliveries and publish `queued` after commit.
+
+    `body` is the request body `payload` was parsed from: it is stored as received (as UTF-8
+    text; a UTF-16/32 body is transcoded, a BOM dropped) and deliveries send exactly that.
+    Without it, deliveries send `payload` re-serialised as compact JSON.
 
     A repeated `event_id` for the account creates nothing and returns the original's result
     with `duplicate=True` (also when a concurrent request wins the unique-constraint race).
@@ -281,7 +291,11 @@ def event_ingest(
     for attempt in range(2):
         try:
             return _event_insert(
-                account_id=account_id, event_id=event_id, payload=payload, size=size
+                account_id=account_id,
+                event_id=event_id,
+                payload=payload,
+                size=size,
+                body=_body_text(body),
             )
         except IntegrityError:
             original = (
@@ -309,15 +323,28 @@ class AccountGone(Exception):
     """The account of an event was deleted while the event was being stored."""
 
 
+def _body_text(body: bytes | None) -> str:
+    """The JSON text of `body` as it will be sent (UTF-8 on the wire): the bytes received when
+    they are UTF-8; "" (send the payload re-serialised) when there is none or it does not
+    decode — json.loads is more lenient than a strict decode."""
+    if not body:
+        return ""
+    try:
+        return body.decode(json.detect_encoding(body))
+    except UnicodeDecodeError:
+        return ""
+
+
 @transaction.atomic
 def _event_insert(
-    *, account_id: uuid.UUID, event_id: str | None, payload: dict[str, Any], size: int
+    *, account_id: uuid.UUID, event_id: str | None, payload: dict[str, Any], size: int, body: str
 ) -> IngestResult:
     now = timezone.now()
     event = Event.objects.create(
         account_id=account_id,
         event_id=event_id if event_id is not None else uuid.uuid4().hex,
         payload=payload,
+        body=body,
         size=size,
         received_at=now,
     )
@@ -383,7 +410,7 @@ def log_deliver(*, log_id: int) -> str | None:
     """Send one log once, if it is due and nobody else holds it. Returns the final status of
     this try, or None when the log was not claimable (already done, held, or not yet due) —
     so running the task twice never sends twice — or when the send outlived its lease and the
-    sweeper handed the log to another try (whose result stands).
+    sweeper took the log back (it recorded this try as a lost one, outcome unknown).
 
     Commits: the claim (`sending`), then the attempt row with the new status together.
     Publishes both changes; enqueues the next try when the result is `retrying`."""
@@ -407,6 +434,7 @@ def log_deliver(*, log_id: int) -> str | None:
             method=destination.http_method,
             headers=destination.headers,
             payload=log.event.payload,
+            body=log.event.body,
             webhook_id=log.webhook_id,
             secret=destination.signing_secret,
         )
@@ -506,9 +534,11 @@ def _record(
             pk=log.pk, status=LogStatus.SENDING, next_attempt_at=lease
         ).update(**values)
         if not held:
-            # The lease ran out while we were sending: the sweeper gave the log to another try,
-            # which owns its state and attempt numbers now.
-            logger.warning("Log %s outlived its lease; its %s try is not recorded", log.pk, status)
+            # The lease ran out while we were sending: the sweeper recorded this try as lost
+            # (outcome unknown) and gave the log to another try, which owns its state now.
+            logger.warning(
+                "Log %s outlived its lease; its %s try stays recorded as lost", log.pk, status
+            )
             return None
         for name, value in values.items():
             setattr(log, name, value)
@@ -600,25 +630,35 @@ def _requeue(ids: Iterable[int], *, statuses: Iterable[str]) -> int:
     return len(logs)
 
 
+LOST_TRY_CLASS = "OutcomeUnknown"
+LOST_TRY_MESSAGE = (
+    "The worker stopped before recording this try's outcome "
+    "(the request may have reached the destination)."
+)
+
+
 def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Re-enqueue deliveries the queue lost: `queued`/`retrying` logs overdue by more than
-    DELIVERY_SWEEP_GRACE_SECONDS, and `sending` logs whose lease ran out (their worker died).
-    Returns how many were enqueued. Safe to run anywhere, any number of times."""
+    DELIVERY_SWEEP_GRACE_SECONDS, and `sending` logs whose lease ran out (their worker died or
+    could not record the outcome). Returns how many were enqueued. Safe to run anywhere, any
+    number of times.
+
+    A lease that ran out is a try whose outcome nobody knows (the request may have reached the
+    destination): it is recorded as an attempt (`OutcomeUnknown`, no status code) and counts
+    against the retry schedule like a transient failure, so a log whose sends kill the worker
+    cannot loop forever. The next try is due at once (the lease already waited); when the lost
+    try was the last one the schedule allows, the log fails instead. Publishes the changes."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.DELIVERY_SWEEP_GRACE_SECONDS)
-    stale = list(
+    expired = list(
         DeliveryLog.objects.filter(status=LogStatus.SENDING, next_attempt_at__lte=now).values_list(
             "pk", flat=True
         )[:limit]
     )
-    if stale:
-        # Due at once — also when `now` is ahead of the clock — so the task enqueued below can
-        # claim them (log_deliver compares with the real time).
-        due = min(now, timezone.now())
-        DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.SENDING).update(
-            status=LogStatus.RETRYING, next_attempt_at=due, updated_at=now
-        )
-        live.publish(DeliveryLog.objects.filter(pk__in=stale, status=LogStatus.RETRYING))
+    taken = [log for log_id in expired if (log := _take_back(log_id, now=now)) is not None]
+    if taken:
+        live.publish(taken)
+    stale = [log.pk for log in taken if log.status == LogStatus.RETRYING]
     with transaction.atomic():
         # Skip rows another sweeper holds, and re-arm the ones taken: a backlog the workers
         # are still working through is re-enqueued at most once per grace period, not on
@@ -628,6 +668,7 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             .filter(
                 status__in=[LogStatus.QUEUED, LogStatus.RETRYING], next_attempt_at__lte=now - grace
             )
+            .exclude(pk__in=stale)
             .order_by("next_attempt_at")
             .values_list("pk", flat=True)[:limit]
         )
@@ -637,9 +678,62 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
 
     for log_id in ids:
         tasks.deliver(log_id)
-    if ids:
-        logger.info("Sweeper re-enqueued %d deliveries (%d stale sends)", len(ids), len(stale))
+    if ids or taken:
+        logger.info(
+            "Sweeper re-enqueued %d deliveries; %d expired leases recorded as lost tries",
+            len(ids),
+            len(taken),
+        )
     return len(ids)
+
+
+def _take_back(log_id: int, *, now: datetime) -> DeliveryLog | None:
+    """Record the lost try of a `sending` log whose lease ended by `now` and move it to
+    `retrying` due at once (or `failed` when the schedule is used up), in one transaction.
+    Returns the log as written, or None when it is no longer an expired `sending` log (its
+    worker recorded the outcome, or another sweeper took it first)."""
+    with transaction.atomic():
+        log = DeliveryLog.objects.filter(
+            pk=log_id, status=LogStatus.SENDING, next_attempt_at__lte=now
+        ).first()
+        if log is None:
+            return None
+        lease_end = log.next_attempt_at
+        claimed_at = log.updated_at  # set by the claim; nothing else writes a `sending` log
+        number = log.attempt_count + 1
+        written = timezone.now()
+        exhausted = retry_delay(number - log.schedule_offset) is None
+        values: dict[str, Any] = {
+            "status": LogStatus.FAILED if exhausted else LogStatus.RETRYING,
+            "attempt_count": number,
+            "last_status_code": None,
+            "last_error": LOST_TRY_MESSAGE,
+            "processed_timestamp": written,
+            # Due at once — also when `now` is ahead of the clock — so the task enqueued
+            # afterwards can claim it (log_deliver compares with the real time).
+            "next_attempt_at": None if exhausted else min(now, written),
+            "updated_at": written,
+        }
+        # Conditional on the claim we read: a worker that records its outcome meanwhile wins,
+        # and the try is then not recorded twice.
+        if not DeliveryLog.objects.filter(
+            pk=log.pk, status=LogStatus.SENDING, next_attempt_at=lease_end
+        ).update(**values):
+            return None
+        assert lease_end is not None
+        DeliveryAttempt.objects.create(
+            log=log,
+            number=number,
+            started_at=claimed_at,
+            duration_ms=max(0, int((lease_end - claimed_at).total_seconds() * 1000)),
+            status_code=None,
+            error_class=LOST_TRY_CLASS,
+            error_message=LOST_TRY_MESSAGE,
+        )
+    for name, value in values.items():
+        setattr(log, name, value)
+    logger.warning("Log %s: its lease ran out; try %d recorded as lost", log.pk, number)
+    return log
 
 
 def logs_purge(*, now: datetime | None = None, batch: int = 1000) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 Huey has no acknowledgement: a task popped by a worker that dies is gone. The database row is
 the outbox, and `sweep` (every minute, and once when a worker starts) re-enqueues whatever the
-queue lost."""
+queue lost. `sweep` and `purge` have a higher priority than deliveries, so a worker takes them
+before a backlog of queued deliveries (the queue storage must support priorities: Huey's
+SqliteHuey and PriorityRedisHuey do; plain RedisHuey refuses them)."""
 
 import logging
 import threading
@@ -22,13 +24,18 @@ def deliver(log_id: int) -> None:
     services.log_deliver(log_id=log_id)
 
 
-@db_periodic_task(crontab(minute="*"))
+# Maintenance is taken from the queue before any delivery (Huey's SQLite and priority-Redis
+# storages dequeue by priority, then in order): recovery never waits behind a backlog.
+MAINTENANCE_PRIORITY = 100
+
+
+@db_periodic_task(crontab(minute="*"), priority=MAINTENANCE_PRIORITY)
 def sweep() -> None:
     """Re-enqueue overdue and abandoned deliveries."""
     services.logs_sweep()
 
 
-@db_periodic_task(crontab(minute="17", hour="3"))
+@db_periodic_task(crontab(minute="17", hour="3"), priority=MAINTENANCE_PRIORITY)
 def purge() -> None:
     """Delete logs, attempts and orphan events past DELIVERY_LOG_RETENTION_DAYS, and expired
     user tokens."""

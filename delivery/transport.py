@@ -271,9 +271,12 @@ def send(
     payload: dict[str, Any],
     webhook_id: str,
     secret: str,
+    body: str = "",
 ) -> Outcome:
-    """Deliver `payload` once. GET sends it as query parameters (the signed "body" is then the
-    query string); other methods send it as a JSON body.
+    """Deliver an event once. `body` is the JSON text received ("" when it was not kept: then
+    `payload` is sent as compact JSON). POST/PUT/PATCH/DELETE send exactly `body` (UTF-8),
+    signed over exactly those bytes; GET sends the payload as query parameters, keys in the
+    order received, signed over exactly the query string sent.
 
     Never raises: an error while building the request that will not go away by itself (a URL
     parsers read apart, a header value HTTP cannot encode) is a permanent failure; any other
@@ -295,15 +298,19 @@ def send(
     try:
         timestamp = int(time.time())
         parts = urlsplit(target.url)
+        data: bytes | None
         if method == "GET":
             # What is signed is the whole query string the receiver gets: the URL's own
-            # parameters (as requests sends them), then the payload's.
-            signed = "&".join(q for q in (parts.query, query_string(payload)) if q)
-            body = None
+            # parameters (as requests sends them), then the payload's. requests prepares this
+            # URL again when sending; that second pass leaves an already prepared query as it
+            # is (tests/delivery/test_wire.py checks the raw query string at the receiver).
+            ordered = json.loads(body) if body else payload  # jsonb does not keep key order
+            signed = "&".join(q for q in (parts.query, query_string(ordered)) if q)
+            data = None
             request_url = urlunsplit(parts._replace(query=signed))
         else:
-            signed = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-            body = signed.encode()
+            signed = body or json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+            data = signed.encode()
             request_url = target.url
         request_headers = {
             **headers,
@@ -312,14 +319,14 @@ def send(
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(secret, webhook_id, timestamp, signed),
         }
-        if body is not None:
+        if data is not None:
             request_headers["Content-Type"] = "application/json"
         if not settings.DELIVERY_ALLOW_PRIVATE_NETWORKS:
             check_host(target.host, target.port)
         response = _session().request(
             method,
             request_url,
-            data=body,
+            data=data,
             headers=request_headers,
             timeout=(settings.DELIVERY_CONNECT_TIMEOUT, settings.DELIVERY_READ_TIMEOUT),
             allow_redirects=False,

@@ -178,7 +178,7 @@ def _incoming(request: HttpRequest) -> JsonResponse:
         return Refusal(400, Code.INVALID_DATA, "Invalid Data").response()
     try:
         result = services.event_ingest(
-            account_id=account_id, event_id=event_id, payload=payload, size=len(body)
+            account_id=account_id, event_id=event_id, payload=payload, size=len(body), body=body
         )
     except services.AccountGone:  # deleted while we were checking the token
         return UNAUTHENTICATED.response()

@@ -127,7 +127,7 @@ def test_every_request_carries_custom_and_standard_webhooks_headers(
     assert request.headers["authorization"] == "Bearer dest-token"
     assert request.headers["x-tenant"] == "acme"
     assert request.headers["user-agent"] == USER_AGENT
-    assert request.headers["webhook-id"] == f"msg_{log.pk}"
+    assert request.headers["webhook-id"] == log.webhook_id
     assert before <= int(request.headers["webhook-timestamp"]) <= before + 5
     assert request.headers["webhook-signature"].startswith("v1,")
     assert standard_webhooks_valid(request, destination.signing_secret)
@@ -171,7 +171,7 @@ def test_500_then_200_retries_then_succeeds_with_two_attempts(account: Account, 
     assert (log.last_error, log.next_attempt_at) == ("", None)
     assert attempts(log) == [(1, 500, "HTTPStatus"), (2, 200, "")]
     first, second = sink.received()
-    assert first.headers["webhook-id"] == second.headers["webhook-id"] == f"msg_{log.pk}"
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == log.webhook_id
     assert standard_webhooks_valid(first, destination.signing_secret)
     assert standard_webhooks_valid(second, destination.signing_secret)
 

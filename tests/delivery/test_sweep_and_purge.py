@@ -79,7 +79,12 @@ def test_repeated_sweeps_never_send_a_finished_log_again(
     assert sink.webhook_ids() == dict.fromkeys(ids(lost), 1)
     assert len(enqueued) == 4 + len(lost)
     assert set(statuses().values()) == {LogStatus.SUCCESS}
-    assert DeliveryAttempt.objects.count() == 4
+    # One attempt per send, and the abandoned send's lost try (outcome unknown) besides.
+    assert DeliveryAttempt.objects.count() == 5
+    assert list(lost[-1].attempts.values_list("number", "status_code", "error_class")) == [
+        (1, None, "OutcomeUnknown"),
+        (2, 200, ""),
+    ]
 
 
 def test_sweep_with_the_clock_ahead_makes_abandoned_sends_due_at_once(
@@ -91,7 +96,8 @@ def test_sweep_with_the_clock_ahead_makes_abandoned_sends_due_at_once(
     assert services.logs_sweep(now=timezone.now() + timedelta(minutes=10)) == 1
 
     log.refresh_from_db()
-    assert (log.status, log.attempt_count) == (LogStatus.RETRYING, 1)
+    # The lost try and the 500 of the new one.
+    assert (log.status, log.attempt_count) == (LogStatus.RETRYING, 2)
     assert len(sink.received()) == 1
 
 
@@ -179,8 +185,13 @@ def test_a_send_that_outlives_its_lease_leaves_the_log_to_the_new_owner(
     assert services.log_deliver(log_id=log.pk) is None
 
     log.refresh_from_db()
-    assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.SUCCESS, 1, 200)
-    assert list(log.attempts.values_list("number", "status_code")) == [(1, 200)]
+    assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.SUCCESS, 2, 200)
+    # The try whose answer came too late is the lost try the sweeper recorded (its outcome was
+    # unknown when the sweeper took the log back); the late answer changes nothing.
+    assert list(log.attempts.values_list("number", "status_code", "error_class")) == [
+        (1, None, "OutcomeUnknown"),
+        (2, 200, ""),
+    ]
     assert [r.headers["webhook-id"] for r in sink.received()] == [log.webhook_id] * 2
 
 
@@ -198,3 +209,78 @@ def test_a_second_sweep_does_not_re_enqueue_what_the_first_just_took(
         assert services.logs_sweep() == 1
         assert services.logs_sweep() == 0
     assert [task.args for task in enqueued] == [(log.pk,)]
+
+
+# --- A lease that expires records the lost try ----------------------------------------------
+
+LOST_MESSAGE = (
+    "The worker stopped before recording this try's outcome "
+    "(the request may have reached the destination)."
+)
+
+
+@override_settings(DELIVERY_RETRY_SCHEDULE=[5, 30])
+def test_sweeper_records_the_lost_try_of_an_expired_lease(
+    account: Account, sink: Sink, enqueued: list[Any]
+) -> None:
+    destination = sink_destination(account, sink, "/status/503,200")
+    claimed_at = timezone.now() - timedelta(seconds=30)
+    log = due_log(destination, status=LogStatus.SENDING, next_attempt_at=claimed_at)
+    lease_end = claimed_at + timedelta(seconds=20)
+    DeliveryLog.objects.filter(pk=log.pk).update(updated_at=claimed_at, next_attempt_at=lease_end)
+
+    assert services.logs_sweep() == 1
+
+    [lost] = DeliveryAttempt.objects.filter(log=log, number=1)
+    assert (lost.status_code, lost.error_class, lost.error_message) == (
+        None,
+        "OutcomeUnknown",
+        LOST_MESSAGE,
+    )
+    assert (lost.started_at, lost.duration_ms) == (claimed_at, 20_000)
+    assert (lost.response_headers, lost.response_body) == ({}, "")
+    # Re-enqueued due at once; the new try (immediate mode) got the 503 and is retrying.
+    assert [task.args for task in enqueued][:1] == [(log.pk,)]
+    log.refresh_from_db()
+    assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.RETRYING, 2, 503)
+    assert list(log.attempts.values_list("number", "status_code", "error_class")) == [
+        (1, None, "OutcomeUnknown"),
+        (2, 503, "HTTPStatus"),
+    ]
+    assert len(sink.received()) == 1
+
+
+@override_settings(DELIVERY_RETRY_SCHEDULE=[5])
+def test_a_lost_try_counts_against_the_retry_schedule(
+    account: Account, sink: Sink, enqueued: list[Any]
+) -> None:
+    # Two tries allowed; one was made, the second was lost: the log fails (a log whose sends
+    # kill the worker cannot loop forever).
+    destination = sink_destination(account, sink)
+    log = due_log(
+        destination,
+        status=LogStatus.SENDING,
+        next_attempt_at=timezone.now() - timedelta(seconds=1),
+        attempt_count=1,
+        last_status_code=503,
+    )
+
+    assert services.logs_sweep() == 0
+
+    log.refresh_from_db()
+    assert (log.status, log.attempt_count, log.next_attempt_at) == (LogStatus.FAILED, 2, None)
+    assert (log.last_status_code, log.last_error) == (None, LOST_MESSAGE)
+    assert log.processed_timestamp is not None
+    assert list(log.attempts.values_list("number", "status_code", "error_class")) == [
+        (2, None, "OutcomeUnknown")
+    ]
+    assert enqueued == []
+    assert sink.received() == []
+
+
+def test_sweeper_and_a_late_worker_never_both_record_the_try(account: Account, sink: Sink) -> None:
+    # The worker recorded its outcome just before the sweep: the sweeper records nothing.
+    log = due_log(sink_destination(account, sink))
+    assert services.log_deliver(log_id=log.pk) == LogStatus.SUCCESS
+    assert services.logs_sweep(now=timezone.now() + timedelta(hours=1)) == 0
+    assert list(log.attempts.values_list("number", "status_code")) == [(1, 200)]
