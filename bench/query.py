@@ -165,17 +165,18 @@ def _seed(tenant: seed.Tenant) -> None:
     account = tenant.account.pk
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {event} (account_id, event_id, payload, size, received_at) "
-            "SELECT %s, 'q-' || g, %s::jsonb, 1024, now() - g * interval '1 second' "
+            f"INSERT INTO {event} (account_id, event_id, payload, body, size, received_at) "
+            "SELECT %s, 'q-' || g, %s::jsonb, %s, 1024, now() - g * interval '1 second' "
             "FROM generate_series(1, %s) g",
-            [account, json.dumps(PAYLOAD), EVENTS],
+            [account, json.dumps(PAYLOAD), json.dumps(PAYLOAD), EVENTS],
         )
         cursor.execute(
             f"INSERT INTO {log_} (event_id, destination_id, account_id, status, attempt_count, "
             "schedule_offset, received_timestamp, processed_timestamp, last_status_code, "
-            "last_error, updated_at) "
+            "last_error, updated_at, webhook_id) "
             "SELECT e.id, d.id, e.account_id, 'success', 1, 0, e.received_at, "
-            "e.received_at + interval '50 milliseconds', 200, '', now() "
+            "e.received_at + interval '50 milliseconds', 200, '', now(), "
+            "'msg_' || replace(gen_random_uuid()::text, '-', '') "
             f"FROM {event} e CROSS JOIN {dest} d WHERE e.account_id = %s AND d.account_id = %s "
             "ORDER BY e.id, d.id",
             [account, account],
