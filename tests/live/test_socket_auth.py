@@ -211,29 +211,19 @@ async def test_demoted_admin_stops_seeing_signing_secrets_from_the_next_event(
     assert [u["destination"]["signingSecret"] for u in later] == [None, None, None]
 
 
-async def test_member_removal_ends_the_idle_stream_within_the_bound(
-    ws_clients: Any, normal_user: Persona, destination: Destination
+@pytest.mark.parametrize("loss", ["member_removed", "account_deleted"])
+async def test_losing_access_ends_the_idle_stream_within_the_bound(
+    ws_clients: Any, admin: Persona, normal_user: Persona, destination: Destination, loss: str
 ) -> None:
-    client = await opened(normal_user, ws_clients)
+    persona = normal_user if loss == "member_removed" else admin
+    client = await opened(persona, ws_clients)
     op_id = await client.subscribe(SUBSCRIPTION, {"accountId": str(destination.account_id)})
     await wait_subscribed(destination.account_id)
 
-    await Membership.objects.filter(user=normal_user.user).adelete()
-    started = time.monotonic()
-
-    message = await client.receive(timeout=RECHECK + SLACK + 5)
-    assert time.monotonic() - started <= RECHECK + SLACK
-    assert message == {"id": op_id, "type": "complete"}
-
-
-async def test_account_deletion_ends_the_idle_stream_within_the_bound(
-    ws_clients: Any, admin: Persona, destination: Destination
-) -> None:
-    client = await opened(admin, ws_clients)
-    op_id = await client.subscribe(SUBSCRIPTION, {"accountId": str(destination.account_id)})
-    await wait_subscribed(destination.account_id)
-
-    await Account.objects.filter(pk=destination.account_id).adelete()
+    if loss == "member_removed":
+        await Membership.objects.filter(user=normal_user.user).adelete()
+    else:
+        await Account.objects.filter(pk=destination.account_id).adelete()
     started = time.monotonic()
 
     message = await client.receive(timeout=RECHECK + SLACK + 5)
