@@ -155,6 +155,10 @@ class DeliveryLog:
     status: LogStatus = strawberry_django.field(  # type: ignore[valid-type]
         description="QUEUED, SENDING, RETRYING, SUCCESS or FAILED (see LogStatus)."
     )
+    webhook_id: str = strawberry_django.field(
+        description="The `webhook-id` header every try of this delivery carries (stable across "
+        "retries, unique across installations): match receivers' logs with it."
+    )
     attempt_count: int
     next_attempt_at: datetime | None
     last_status_code: int | None = strawberry_django.field(

@@ -16,9 +16,14 @@ from schema.delivery_types import DeliveryLog, LogStatus
 
 @strawberry.input(description="Narrow a live stream of delivery logs.")
 class LogUpdateFilter:
-    destination: strawberry.ID | None = strawberry.field(
+    destination_id: strawberry.ID | None = strawberry.field(
         default=None,
         description="Only this destination's logs (a malformed id matches nothing, as in `logs`).",
+    )
+    destination: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="The same as destinationId, which it is ignored beside.",
+        deprecation_reason="Use destinationId, the name every other filter uses.",
     )
     status: list[LogStatus] | None = strawberry.field(  # type: ignore[valid-type]
         default=None, description="Any of these statuses (null or empty: any status)."
@@ -70,7 +75,7 @@ class Subscription:
         stream = live.log_stream(
             access=access,
             filters=selectors.LogFilters(
-                destination_id=str(f.destination) if f.destination is not None else None,
+                destination_id=_destination_id(f),
                 statuses=[_status_value(s) for s in f.status] if f.status else None,
                 event_id=f.event_id,
             ),
@@ -79,6 +84,11 @@ class Subscription:
         )
         async for log in stream:
             yield log  # type: ignore[misc]
+
+
+def _destination_id(f: LogUpdateFilter) -> str | None:
+    chosen = f.destination_id if f.destination_id is not None else f.destination
+    return None if chosen is None else str(chosen)
 
 
 def _status_value(status: object) -> str:

@@ -20,6 +20,7 @@ from django.utils import timezone
 from delivery import services
 from delivery.models import DeliveryLog, Event, LogStatus
 from identity.models import Account
+from tests.conftest import GraphQL, Persona
 from tests.delivery.conftest import Poster, due_log, sink_destination
 from tests.sink import Received, Sink, standard_webhooks_valid
 
@@ -187,3 +188,16 @@ def test_webhook_id_is_the_same_on_every_try(account: Account, sink: Sink) -> No
     assert deliver(log).status == LogStatus.SUCCESS
     assert [r.headers["webhook-id"] for r in sink.received()] == [stored, stored]
     assert DeliveryLog.objects.get(pk=log.pk).webhook_id == stored
+
+
+def test_log_shows_the_webhook_id_the_receiver_got(
+    gql: GraphQL, admin: Persona, account: Account, sink: Sink
+) -> None:
+    log = due_log(sink_destination(account, sink))
+    assert deliver(log).status == LogStatus.SUCCESS
+
+    body = gql(
+        "query ($id: ID!) { log(id: $id) { webhookId } }", {"id": str(log.pk)}, persona=admin
+    )
+
+    assert body == {"data": {"log": {"webhookId": sink.received()[0].headers["webhook-id"]}}}

@@ -150,12 +150,20 @@ async def test_status_filter_passes_only_matching_changes(
     assert await client.nothing_pending()
 
 
+@pytest.mark.parametrize(
+    "filters",
+    [
+        pytest.param(lambda pk: {"destinationId": pk}, id="destinationId"),
+        pytest.param(lambda pk: {"destination": pk}, id="deprecated-destination"),
+        pytest.param(lambda pk: {"destinationId": pk, "destination": "0"}, id="destinationId-wins"),
+    ],
+)
 async def test_destination_filter_passes_only_that_destination(
-    ws_clients: Any, admin: Persona, destinations: list[Destination]
+    ws_clients: Any, admin: Persona, destinations: list[Destination], filters: Any
 ) -> None:
     client = await ws_clients()
     await client.init(admin.token)
-    await client.subscribe(SUBSCRIPTION, {"filters": {"destination": str(destinations[1].pk)}})
+    await client.subscribe(SUBSCRIPTION, {"filters": filters(str(destinations[1].pk))})
     await wait_subscribed(destinations[0].account_id)
     await sync_to_async(ingest)(destinations[0].account_id)
     data = [await client.next_data() for _ in range(3)]
