@@ -1,3 +1,4 @@
+import re
 import uuid
 
 from django.conf import settings
@@ -6,6 +7,10 @@ from django.db.models import Q
 
 from identity.models import Account
 from project.crypto import EncryptedJSONField, EncryptedTextField
+
+# What no text column (PostgreSQL text and jsonb) or UTF-8 can hold: NUL and unpaired
+# surrogates. Incoming data holding them is refused; receivers' answers get U+FFFD instead.
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 class HttpMethod(models.TextChoices):

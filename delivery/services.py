@@ -21,6 +21,7 @@ from django.utils import timezone
 from delivery import live, selectors, transport
 from delivery.errors import DeliveryErrorCode
 from delivery.models import (
+    UNSTORABLE_TEXT,
     DeliveryAttempt,
     DeliveryLog,
     Destination,
@@ -443,12 +444,7 @@ def log_deliver(*, log_id: int) -> str | None:
         # is recorded as a transient failure, so the retry schedule bounds it: a log never
         # stays `sending` for the sweeper to send again and again.
         logger.exception("Log %s: the send raised; recorded as a transient failure", log.pk)
-        outcome = transport.Outcome(
-            transport.Kind.TRANSIENT,
-            0,
-            error_class=type(error).__name__,
-            error_message=str(error)[:1000],
-        )
+        outcome = transport.Outcome.failure(transport.Kind.TRANSIENT, 0, error)
     if outcome.kind is transport.Kind.SUCCESS:
         return _finish(log, outcome, LogStatus.SUCCESS)
     delay = None
@@ -500,13 +496,10 @@ def _finish(
         )
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def _storable(text: str, limit: int | None = None) -> str:
     """`text` without what PostgreSQL text/jsonb and UTF-8 cannot hold (NUL, unpaired
     surrogates: each becomes U+FFFD), cut to `limit` characters."""
-    return _UNSTORABLE.sub("\ufffd", text[:limit])
+    return UNSTORABLE_TEXT.sub("\ufffd", text[:limit])
 
 
 def _record(

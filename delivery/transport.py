@@ -60,6 +60,13 @@ class Outcome:
     error_message: str = ""
     retry_after: float | None = None
 
+    @classmethod
+    def failure(cls, kind: Kind, duration_ms: int, error: BaseException) -> "Outcome":
+        """A try that got no answer: `error`'s class name and (cut) message."""
+        return cls(
+            kind, duration_ms, error_class=type(error).__name__, error_message=str(error)[:1000]
+        )
+
 
 class BlockedAddress(OSError):
     """The destination resolves to an address deliveries may not reach."""
@@ -287,9 +294,7 @@ def send(
         return int((time.monotonic() - started) * 1000)
 
     def failed(kind: Kind, error: BaseException) -> Outcome:
-        return Outcome(
-            kind, elapsed(), error_class=type(error).__name__, error_message=str(error)[:1000]
-        )
+        return Outcome.failure(kind, elapsed(), error)
 
     try:
         target = parse_url(url)
@@ -337,15 +342,11 @@ def send(
         finally:
             response.close()
     except BlockedAddress as error:
-        return Outcome(
-            Kind.PERMANENT, elapsed(), error_class="BlockedAddress", error_message=str(error)
-        )
+        return failed(Kind.PERMANENT, error)
     except requests.RequestException as error:
         blocked = _blocked_cause(error)
         if blocked is not None:
-            return Outcome(
-                Kind.PERMANENT, elapsed(), error_class="BlockedAddress", error_message=str(blocked)
-            )
+            return failed(Kind.PERMANENT, blocked)
         if isinstance(error, ValueError):  # InvalidHeader, InvalidURL: the same every time
             return failed(Kind.PERMANENT, error)
         return failed(Kind.TRANSIENT, error)

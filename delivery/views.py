@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from delivery import services
 from delivery.errors import DeliveryErrorCode as Code
+from delivery.models import UNSTORABLE_TEXT
 from identity.selectors import account_id_for_app_secret
 from project.db import Contended
 
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 MAX_EVENT_ID_LENGTH = 255
 # Deeper payloads are refused: storing and re-encoding them recurses once per level.
 MAX_PAYLOAD_DEPTH = 100
-# What no database column or UTF-8 request can carry: NUL and unpaired surrogates.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Where they can come from in a UTF-8 body: an escaped NUL or surrogate (paired ones too, the
 # walk tells them apart) or a surrogate encoded as UTF-8 (which json.loads lets through).
 _RISKY_TEXT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]")
@@ -232,12 +231,12 @@ def _unstorable(payload: dict[str, Any], *, text: bool) -> bool:
         values: list[Any] = []
         for container in level:
             if type(container) is dict:
-                if text and any(map(_UNSTORABLE.search, container)):
+                if text and any(map(UNSTORABLE_TEXT.search, container)):
                     return True
                 values.extend(container.values())
             else:
                 values.extend(container)
-        if text and any(map(_UNSTORABLE.search, [v for v in values if type(v) is str])):
+        if text and any(map(UNSTORABLE_TEXT.search, [v for v in values if type(v) is str])):
             return True
         level = [v for v in values if type(v) is dict or type(v) is list]
         if not level:
