@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from django.conf import settings
+from django.http import JsonResponse
 from django.urls import reverse
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ class Answer:
 
     def encoded(self) -> bytes:
         return json.dumps(self.body).encode()
+
+    def django_response(self) -> JsonResponse:
+        response = JsonResponse(self.body, status=self.status)
+        for name, value in self.headers:
+            response[name] = value
+        return response
 
     def header_list(self) -> list[tuple[bytes, bytes]]:
         body = self.encoded()

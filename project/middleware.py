@@ -45,13 +45,6 @@ def _answer(api: str, status: int, code: str, message: str, **headers: str) -> A
     )
 
 
-def _response(answer: Answer) -> JsonResponse:
-    response = JsonResponse(answer.body, status=answer.status)
-    for name, value in answer.headers:
-        response[name] = value
-    return response
-
-
 def error_response(request: HttpRequest, exception: BaseException) -> JsonResponse | None:
     """The JSON answer to `exception` on an API path (None elsewhere)."""
     api = _api(request)
@@ -73,7 +66,7 @@ def error_response(request: HttpRequest, exception: BaseException) -> JsonRespon
     else:
         logger.error("Unexpected error on %s", request.path_info, exc_info=exception)
         answer = _answer(api, 500, "internal_error", "Unexpected error.")
-    return _response(answer)
+    return answer.django_response()
 
 
 class JsonErrorsMiddleware:

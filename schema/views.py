@@ -22,8 +22,7 @@ _CODES = {405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported
 
 
 def _json_error(status: int, code: str, message: str) -> JsonResponse:
-    answer = graphql_answer(status, code, message)
-    return JsonResponse(answer.body, status=status)
+    return graphql_answer(status, code, message).django_response()
 
 
 class DataPusherGraphQLView(GraphQLView[StrawberryDjangoContext, None]):
