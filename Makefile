@@ -45,10 +45,10 @@ lint: $(STAMP)
 schema: $(STAMP)
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py export_schema schema --path schema.graphql
 
-## worker: a production queue worker (needs REDIS_URL)
+## worker: a production queue worker (needs REDIS_URL) with WORKER_THREADS threads (16)
 worker: $(STAMP)
-	DATABASE_CONN_MAX_AGE=$${DATABASE_CONN_MAX_AGE:-60} $(PY) manage.py run_huey \
-		--workers $${WORKERS:-8} --worker-type thread --graceful-signal TERM --shutdown-timeout 30
+	$(PY) manage.py run_huey \
+		--workers $${WORKER_THREADS:-16} --worker-type thread --graceful-signal TERM --shutdown-timeout 30
 
 ## bench: run the benchmarks in bench/ (installs wrk and nginx with apt-get when missing;
 ## BENCH_ARGS selects sections, e.g. make bench BENCH_ARGS="ingest query")

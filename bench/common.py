@@ -21,7 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-TOOLS = BENCH / ".tools"  # pip --target: gunicorn, py-spy (never installed into .venv)
+TOOLS = BENCH / ".tools"  # pip --target: py-spy (never installed into .venv)
 PYTHON = sys.executable
 DAPHNE = str(Path(sys.executable).with_name("daphne"))
 
@@ -70,7 +70,6 @@ def child_env(**overrides: str) -> dict[str, str]:
         DEBUG="0",
         ENCRYPTION_KEYS="YUyEvR7hdW61cRdzeTeEC7FknwCNycWzc4yoHq6xRUA=",  # bench-only key
         DATABASE_URL=DATABASE_URL,
-        DATABASE_CONN_MAX_AGE="0",
         REDIS_URL=REDIS_URL,
         HUEY_NAME=HUEY_NAME,
         CACHE_KEY_PREFIX=HUEY_NAME,
@@ -85,19 +84,24 @@ def child_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def tools_env(**overrides: str) -> dict[str, str]:
-    """child_env with the bench-only tools directory on the path (gunicorn)."""
-    return child_env(PYTHONPATH=f"{ROOT}{os.pathsep}{TOOLS}", **overrides)
-
-
-TOOL_PACKAGES = {"gunicorn": "gunicorn", "py-spy": "bin/py-spy", "psycopg-pool": "psycopg_pool"}
+# Bench-only tools that requirements.txt does not provide (gunicorn and psycopg-pool, which
+# the production topology needs, come from requirements.txt and are imported from .venv).
+TOOL_PACKAGES = {"py-spy": "bin/py-spy"}
+FROM_REQUIREMENTS = ("gunicorn", "psycopg_pool")
 
 
 def ensure_tools() -> list[str]:
-    """Install the bench-only tools (gunicorn, py-spy, psycopg-pool) into bench/.tools with
-    pip --target when missing: the project's .venv is left as it is. wrk and nginx come from
-    Debian (`make bench` installs them). Returns notes for RESULTS.md."""
+    """Install the bench-only tools (py-spy) into bench/.tools with pip --target when
+    missing: the project's .venv is left as it is. wrk and nginx come from Debian (`make
+    bench` installs them). Returns notes for RESULTS.md."""
     notes = []
+    for module in FROM_REQUIREMENTS:
+        try:
+            __import__(module)
+        except ImportError:
+            raise SystemExit(
+                f"{module} is missing from .venv: it is in requirements.txt (`make` installs it)"
+            ) from None
     missing = [name for name, path in TOOL_PACKAGES.items() if not (TOOLS / path).exists()]
     if missing:
         log(f"installing {', '.join(missing)} into bench/.tools (pip --target)")
@@ -135,7 +139,7 @@ def py_spy_binary() -> str | None:
 
 
 def tool_version(module: str) -> str:
-    """Version of a package in bench/.tools (gunicorn)."""
+    """Version of a package in bench/.tools (py_spy)."""
     for dist in TOOLS.glob(f"{module}-*.dist-info"):
         return dist.name.removesuffix(".dist-info").split("-")[1]
     return "?"
@@ -189,6 +193,12 @@ def start_private_postgres(work: Path) -> str:
         capture_output=True,
     )
     options = f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if (bindir.parent / "lib" / "pg_stat_statements.so").exists():
+        # Loaded but off: `statement_counts()` turns it on around one measured window only
+        # (ALTER SYSTEM overrides postgresql.conf, not the command line: set it there).
+        options += " -c shared_preload_libraries=pg_stat_statements"
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write("\npg_stat_statements.track = none\n")
     subprocess.run(
         [
             *as_postgres,
@@ -270,6 +280,124 @@ def fresh_state() -> None:
     from django.core.cache import cache
 
     cache.clear()  # the cache lives in Redis DB 12 too; this also drops the bench process's
+
+
+def knob(name: str, default: int) -> int:
+    """A whole-number setting of the benchmarks from the environment (BENCH_…), for shorter
+    trial runs; a malformed value stops the run with the variable's name."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"{name} must be a whole number >= 1; got {raw!r}")
+    return int(raw)
+
+
+def knob_list(name: str, default: Sequence[int]) -> list[int]:
+    """A comma-separated list of whole numbers (e.g. BENCH_LADDER_RATES=100,200,400)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return list(default)
+    parts = [p.strip() for p in raw.split(",")]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise SystemExit(f"{name} must be whole numbers >= 1, comma-separated; got {raw!r}")
+    return [int(p) for p in parts]
+
+
+# Marks the bench process's own polling statements, so that statement_counts() leaves them out.
+BENCH_SQL = "/* bench */"
+
+
+def count_logs(status: str = "success", *, accounts: Sequence[object] = ()) -> int:
+    """Delivery logs in `status` (of `accounts`, or all): one cheap statement, marked."""
+    from django.db import connection
+
+    from delivery.models import DeliveryLog
+
+    sql = f"SELECT {BENCH_SQL} count(*) FROM {DeliveryLog._meta.db_table} WHERE status = %s"
+    params: list[Any] = [status]
+    if accounts:
+        sql += " AND account_id = ANY(%s)"
+        params.append(list(accounts))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.fetchone()[0])
+
+
+_TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.I)
+# The foreign-key checks PostgreSQL runs itself per inserted row (ri_triggers.c): not the
+# application's statements, though pg_stat_statements lists them.
+_FOREIGN_KEY_CHECK = re.compile(r"^SELECT 1 FROM ONLY .* FOR KEY SHARE OF x$", re.S)
+
+
+@dataclass
+class StatementCounts:
+    """What PostgreSQL executed during a window (pg_stat_statements, top-level statements of
+    the bench database), without the bench process's own marked polling."""
+
+    available: bool = False
+    note: str = ""
+    statements: int = 0  # every statement except transaction control
+    commits: int = 0  # explicit COMMITs (a statement in autocommit mode has none)
+    rollbacks: int = 0
+    foreign_key_checks: int = 0  # run by PostgreSQL itself, not sent by the application
+    top: list[tuple[int, str]] = field(default_factory=list)  # (calls, normalised SQL)
+
+    def table(self, per: int, limit: int = 12) -> str:
+        lines = [f"{'calls':>8} {'per unit':>9}  statement (normalised, first 110 characters)"]
+        for calls, query in self.top[:limit]:
+            text = " ".join(query.split())[:110]
+            lines.append(f"{calls:8,} {calls / max(per, 1):9.3f}  {text}")
+        return "\n".join(lines)
+
+
+@contextmanager
+def statement_counts() -> Iterator[StatementCounts]:
+    """Count the SQL statements run in the bench database during the block, with
+    pg_stat_statements: the private cluster preloads it with track=none, and this turns it on
+    (ALTER SYSTEM + reload, then a reset) for the block only. Unavailable (a note says why) on
+    the shared server."""
+    import psycopg
+
+    result = StatementCounts()
+    if PG_POSTMASTER is None:
+        result.note = "pg_stat_statements: only on the private cluster (not --shared-postgres)"
+        yield result
+        return
+    try:
+        with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'top'")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.3)  # the postmaster passes the reload on to every backend
+            conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error as error:
+        result.note = f"pg_stat_statements unavailable: {error}".strip()
+        yield result
+        return
+    try:
+        yield result
+    finally:
+        with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT calls, query FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "ORDER BY calls DESC"
+            ).fetchall()
+            conn.execute("ALTER SYSTEM RESET pg_stat_statements.track")
+            conn.execute("SELECT pg_reload_conf()")
+        for calls, query in rows:
+            if BENCH_SQL in query or "pg_stat_statements" in query:
+                continue
+            control = _TRANSACTION_CONTROL.match(query)
+            if _FOREIGN_KEY_CHECK.match(query):
+                result.foreign_key_checks += calls
+            elif control is None:
+                result.statements += calls
+                result.top.append((calls, query))
+            elif control[1].upper() == "COMMIT":
+                result.commits += calls
+            elif control[1].upper() == "ROLLBACK":
+                result.rollbacks += calls
+        result.available = True
 
 
 def free_port() -> int:
@@ -399,6 +527,7 @@ class Proc:
     name: str
     popen: "subprocess.Popen[bytes]"
     log_path: Path
+    stop_timeout: float = 15.0
 
     @property
     def pid(self) -> int:
@@ -416,10 +545,11 @@ class Proc:
     def tree(self) -> list[int]:
         return descendants(self.pid) if self.alive() else []
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """SIGTERM, then SIGKILL of its own process group if it has not exited in time."""
         if not self.alive():
             return
+        timeout = timeout or self.stop_timeout
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
@@ -466,21 +596,66 @@ class Processes:
         proc = self.spawn("daphne", argv, env)
         return proc.wait_ready(lambda: port_open(port))
 
-    def gunicorn(self, port: int, workers: int, env: dict[str, str] | None = None) -> Proc:
-        argv = [PYTHON, "-m", "gunicorn", "-w", str(workers), "-k", "sync"]
-        argv += ["-b", f"127.0.0.1:{port}", "--backlog", "512", "project.wsgi:application"]
-        proc = self.spawn("gunicorn", argv, env or tools_env())
-        proc.wait_ready(lambda: port_open(port))
-        deadline = time.monotonic() + 20
-        while len(proc.tree()) < workers + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return proc
-
     def worker(self, threads: int = 8, env: dict[str, str] | None = None) -> Proc:
         """`manage.py run_huey -w <threads> -k thread`, ready once its consumer runs."""
         argv = [PYTHON, "manage.py", "run_huey", "-w", str(threads), "-k", "thread"]
         proc = self.spawn("run_huey", argv, env)
         return proc.wait_ready(lambda: "consumer started" in proc.output(100_000).lower())
+
+    def prod(
+        self,
+        *,
+        workers: int | None = None,
+        worker_threads: int | None = None,
+        gunicorn_workers: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> "Topology":
+        """The production topology of README "Production", started by deploy/prod.py (`make
+        prod`) with the bench environment: nginx (deploy/nginx.conf) -> gunicorn
+        (deploy/gunicorn.conf.py, HTTP) and daphne (WebSocket), `workers` x run_huey (0: none,
+        the accept path alone). Ready once nginx answers, gunicorn's workers have booted and
+        every run_huey consumer has started. Defaults: BENCH_WORKERS (2),
+        BENCH_WORKER_THREADS (16), BENCH_GUNICORN_WORKERS (2)."""
+        workers = PROD_WORKERS if workers is None else workers
+        worker_threads = worker_threads or PROD_WORKER_THREADS
+        gunicorn_workers = gunicorn_workers or PROD_GUNICORN_WORKERS
+        port = free_port()
+        settings = {
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "GUNICORN_WORKERS": str(gunicorn_workers),
+            "WORKERS": str(workers),
+            "WORKER_THREADS": str(worker_threads),
+        }
+        proc = self.spawn(
+            "prod", [PYTHON, "deploy/prod.py"], child_env(**{**settings, **(env or {})})
+        )
+        proc.stop_timeout = 60.0  # prod.py lets the workers finish their in-flight sends
+        proc.wait_ready(lambda: bool(_PROD_READY.search(proc.output(100_000))), timeout=120)
+        banner = proc.output(100_000)
+        ports = dict(_PROD_BANNER.findall(banner))
+        topology = Topology(
+            proc=proc,
+            url=f"http://127.0.0.1:{port}",
+            gunicorn_url=f"http://127.0.0.1:{ports['gunicorn']}",
+            daphne_url=f"http://127.0.0.1:{ports['daphne']}",
+            roots=_prod_roles(proc.pid),
+            workers=workers,
+            worker_threads=worker_threads,
+            gunicorn_workers=gunicorn_workers,
+            settings=settings,
+        )
+        expected = {"gunicorn": 1, "daphne": 1, "nginx": 1, "run_huey": workers}
+        if {role: len(pids) for role, pids in topology.roots.items()} != expected:
+            raise RuntimeError(f"unexpected processes under deploy/prod.py: {topology.roots}")
+        master = topology.roots["gunicorn"][0]
+        proc.wait_ready(lambda: len(descendants(master)) > gunicorn_workers, timeout=30)
+        proc.wait_ready(
+            lambda: proc.output(1_000_000).lower().count("consumer started") >= workers,
+            timeout=60,
+        )
+        topology.warm_up()
+        return topology
 
     def nginx(self, port: int, access_log: bool = False) -> "Nginx":
         sink = Nginx(self.log_dir / f"nginx-{port}", port, access_log)
@@ -501,6 +676,132 @@ def processes(log_dir: Path) -> Iterator[Processes]:
         yield group
     finally:
         group.stop_all()
+
+
+# The production topology (deploy/prod.py) as the benchmarks start it; BENCH_* overrides.
+PROD_WORKERS = knob("BENCH_WORKERS", 2)
+PROD_WORKER_THREADS = knob("BENCH_WORKER_THREADS", 16)
+PROD_GUNICORN_WORKERS = knob("BENCH_GUNICORN_WORKERS", 2)
+ROLES = ("gunicorn", "daphne", "run_huey", "nginx")
+_PROD_READY = re.compile(r"^Production topology ready on (http://\S+)$", re.MULTILINE)
+_PROD_BANNER = re.compile(r"^\s+(gunicorn|daphne)\s+127\.0\.0\.1:(\d+)", re.MULTILINE)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _prod_roles(prod_pid: int) -> dict[str, list[int]]:
+    """The children of deploy/prod.py by role (their own children, such as gunicorn's and
+    nginx's workers, are below them)."""
+    roles: dict[str, list[int]] = {role: [] for role in ROLES}
+    for pid in _all_pids():
+        fields = _stat(pid)
+        if not fields or int(fields[1]) != prod_pid:
+            continue
+        argv = _cmdline(pid)
+        role = (
+            "run_huey"
+            if "run_huey" in argv
+            else "nginx"
+            if argv.startswith("nginx")
+            else "gunicorn"
+            if "gunicorn" in argv
+            else "daphne"
+            if "daphne" in argv
+            else ""
+        )
+        if role:
+            roles[role].append(pid)
+    return roles
+
+
+def _fixed(pids: list[int]) -> Callable[[], list[int]]:
+    return lambda: list(pids)
+
+
+@dataclass(eq=False)
+class Topology:
+    """The production topology started by deploy/prod.py: its public URL (nginx), the
+    addresses behind nginx, and the root process of each role."""
+
+    proc: Proc  # deploy/prod.py itself: stopping it stops them all
+    url: str  # nginx: the production entry point
+    gunicorn_url: str
+    daphne_url: str
+    roots: dict[str, list[int]]  # role -> root pids: gunicorn and nginx masters, each run_huey
+    workers: int
+    worker_threads: int
+    gunicorn_workers: int
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/graphql/"
+
+    def pids(self) -> dict[str, list[int]]:
+        """role -> every live pid of that role (masters and their workers)."""
+        return {
+            role: [pid for root in roots for pid in descendants(root)]
+            for role, roots in self.roots.items()
+        }
+
+    def cpu_groups(self) -> dict[str, Callable[[], list[int]]]:
+        """CpuMeter groups, one per role: cpu_seconds() walks each root's tree, so the workers
+        of gunicorn and nginx count under their master (those that exited too)."""
+        return {role: _fixed(roots) for role, roots in self.roots.items()}
+
+    def command(self) -> str:
+        knobs = " ".join(f"{k}={v}" for k, v in self.settings.items() if k not in ("HOST",))
+        return f"{knobs} python deploy/prod.py   # = make prod, with the bench environment"
+
+    def describe(self) -> str:
+        return (
+            f"nginx -> gunicorn {self.gunicorn_workers} sync workers + daphne, "
+            f"{self.workers} x run_huey -w {self.worker_threads}"
+        )
+
+    def warm_up(self, requests: int = 40) -> None:
+        """Requests to the bare view through nginx, so that every gunicorn worker has served
+        one before anything is measured (Django's lazy set-up; no database work)."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            for _ in range(requests):
+                conn.request("POST", "/bench/bare/", "{}", {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 202:
+                    raise RuntimeError(f"bare view through nginx answered {response.status}")
+        finally:
+            conn.close()
+
+
+@contextmanager
+def prod_topology(
+    log_dir: Path,
+    *,
+    workers: int | None = None,
+    worker_threads: int | None = None,
+    gunicorn_workers: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Topology]:
+    """Processes.prod() in a group of its own, stopped when the block ends (also on errors)."""
+    with processes(log_dir) as group:
+        yield group.prod(
+            workers=workers,
+            worker_threads=worker_threads,
+            gunicorn_workers=gunicorn_workers,
+            env=env,
+        )
 
 
 NGINX_CONF = """
@@ -540,6 +841,9 @@ class Nginx:
     port: int
     access_log: bool
     proc: Proc | None = None
+    _arrivals: dict[str, float] = field(default_factory=dict)
+    _read: int = 0
+    _requests: int = 0
 
     def __post_init__(self) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
@@ -556,14 +860,25 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def arrivals(self) -> dict[str, float]:
-        """webhook-id -> first arrival time (epoch seconds, ms resolution)."""
-        found: dict[str, float] = {}
+        """webhook-id -> first arrival time (epoch seconds, ms resolution). Reads only what
+        the access log gained since the last call."""
         path = self.prefix / "access.log"
         if path.exists():
-            for line in path.read_text().splitlines():
+            with path.open("rb") as log_file:
+                log_file.seek(self._read)
+                chunk = log_file.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._read += len(complete)
+            for line in complete.decode().splitlines():
                 stamp, _, webhook_id = line.partition(" ")
-                found.setdefault(webhook_id, float(stamp))
-        return found
+                self._requests += 1
+                self._arrivals.setdefault(webhook_id, float(stamp))
+        return self._arrivals
+
+    @property
+    def requests(self) -> int:
+        """Requests logged so far (as of the last arrivals() call): duplicates included."""
+        return self._requests
 
 
 # --- wrk ------------------------------------------------------------------------------------

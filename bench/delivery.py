@@ -1,19 +1,19 @@
 """Section 2 — delivery: 20,000 queued DeliveryLog rows (bulk_create, 2,000 events x 10
-destinations) pointing at an nginx sink (`return 200;`), their ids enqueued, then ONE
-`manage.py run_huey -w 8 -k thread` process drains them. Reference: a bare requests.Session
-loop posting the same 1 KB body to the same sink from one thread.
+destinations) pointing at an nginx sink (`return 200;`), their work queued as the accept path
+queues it (seed.enqueue: one `wake_account` task with the lane engine), then ONE
+`manage.py run_huey -w 16 -k thread` process (the production default: persistent database
+connections) drains them. Reference: a bare requests.Session loop posting the same 1 KB body to
+the same sink from one thread.
 
 The drain is bounded: the rate is measured from the first finished delivery for at most
-DRAIN_SECONDS (or until all are done). Then py-spy samples the running worker, and cProfile
-runs services.log_deliver in-process over a few hundred logs — as is, and with the fixes
-proposed in the report simulated (bench-only monkeypatches, the app code is untouched)."""
+DRAIN_SECONDS (or until all are done); pg_stat_statements counts the SQL statements and
+commits PostgreSQL ran meanwhile. Then py-spy samples the running worker, and the engine runs
+in-process over fresh logs of one destination: CPU per delivery, SQL statements per delivery
+(CaptureQueriesContext) and a cProfile."""
 
-import asyncio
-import os
-import threading
+import cProfile
+import pstats
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import requests
 
@@ -25,30 +25,34 @@ from bench.common import (
     Nginx,
     Proc,
     Section,
-    child_env,
+    StatementCounts,
+    count_logs,
     fmt,
     free_port,
     fresh_state,
+    knob,
     log,
     processes,
     ratio,
     service_groups,
+    statement_counts,
     verdict,
 )
-from delivery.models import DeliveryLog, LogStatus
+from delivery import engine
 
-LOGS = 20_000
+LOGS = knob("BENCH_DELIVERY_LOGS", 20_000)
 DESTINATIONS = 10
-DRAIN_SECONDS = 25
-WORKER_RUNS = [("default", {}), ("CONN_MAX_AGE=60", {"DATABASE_CONN_MAX_AGE": "60"})]
+THREADS = knob("BENCH_DELIVERY_THREADS", 16)
+DRAIN_SECONDS = knob("BENCH_DELIVERY_SECONDS", 25)
 REFERENCE_SECONDS = 5
-PROFILE_LOGS = 120
+PROFILE_LOGS = 300
 PY_SPY_SECONDS = 8
 TARGET_SHARE = 0.40
+TARGET_STATEMENTS = 0.5
 
 
 def run(ctx: Context) -> Section:
-    section = Section("delivery", "one run_huey -w 8 -k thread draining queued deliveries")
+    section = Section("delivery", f"one run_huey -w {THREADS} -k thread draining queued deliveries")
     fresh_state()
     with processes(ctx.log_dir) as procs:
         sink = procs.nginx(free_port())
@@ -56,83 +60,90 @@ def run(ctx: Context) -> Section:
         t0 = time.monotonic()
         ids = seed.queued_logs(tenant, LOGS)
         seeded = time.monotonic() - t0
-        seed.enqueue(ids)
+        queued_how = seed.enqueue(tenant, ids)
         log(
-            f"seeded {len(ids)} queued logs in {seeded:.1f} s, enqueued in "
-            f"{time.monotonic() - t0 - seeded:.1f} s"
+            f"seeded {len(ids)} queued logs in {seeded:.1f} s, queued in "
+            f"{time.monotonic() - t0 - seeded:.1f} s: {queued_how}"
         )
 
         ref_rate, ref_cpu = reference(sink.url + "/reference", REFERENCE_SECONDS)
         log(f"reference requests.Session: {ref_rate:.0f} req/s, {ref_cpu:.0f} µs CPU/request")
 
-        runs = []
-        spy = None
-        for label, env in WORKER_RUNS:
-            worker = procs.worker(8, child_env(**env))
-            drained, elapsed, cpu = _drain(tenant, worker, sink, DRAIN_SECONDS)
-            rate = drained / elapsed if elapsed else 0.0
-            runs.append((label, rate, cpu, drained, elapsed))
-            log(
-                f"worker ({label}): {drained} deliveries in {elapsed:.1f} s = {rate:.0f}/s, "
-                f"{cpu['worker']:.0f} µs worker + {cpu['postgres']:.0f} µs PostgreSQL CPU each"
-            )
-            if spy is None and _successes(tenant) < LOGS:
-                spy = profiling.py_spy(worker.pid, PY_SPY_SECONDS, ctx.log_dir / "py-spy.txt")
-            worker.stop()
-        done = _successes(tenant)
-        failed = DeliveryLog.objects.filter(account=tenant.account, status=LogStatus.FAILED).count()
-
-        # In-process profile over logs the worker did not reach (or fresh ones).
-        left = list(
-            DeliveryLog.objects.filter(account=tenant.account, status=LogStatus.QUEUED)
-            .order_by("id")
-            .values_list("id", flat=True)[: PROFILE_LOGS * 4]
+        worker = procs.worker(THREADS)
+        drained, elapsed, cpu, sql = _drain(tenant, worker, sink, DRAIN_SECONDS)
+        rate = drained / elapsed if elapsed else 0.0
+        log(
+            f"worker: {drained} deliveries in {elapsed:.1f} s = {rate:.0f}/s, "
+            f"{cpu['worker']:.0f} µs worker + {cpu['postgres']:.0f} µs PostgreSQL CPU each"
+            + (f", {sql.statements / max(drained, 1):.2f} statements each" if sql.available else "")
         )
-        if len(left) < PROFILE_LOGS * 4:
-            left += seed.queued_logs(tenant, PROFILE_LOGS * 4 - len(left))
-        profile = _profiles(left)
+        spy = None
+        if count_logs("success", accounts=[tenant.account.pk]) < LOGS:
+            spy = profiling.py_spy(worker.pid, PY_SPY_SECONDS, ctx.log_dir / "py-spy.txt")
+        worker.stop()
+        done = count_logs("success", accounts=[tenant.account.pk])
+        failed = count_logs("failed", accounts=[tenant.account.pk])
+        profile = _in_process(sink)
 
-    label, rate, cpu, drained, elapsed = runs[0]
     ctx.figures["delivery_rate"] = rate
     section.commands += [
         f"nginx -p TMP -c nginx.conf   # return 200; on 127.0.0.1:{sink.port}",
-        "python manage.py run_huey -w 8 -k thread   # DATABASE_CONN_MAX_AGE=0 (default)",
-        "DATABASE_CONN_MAX_AGE=60 python manage.py run_huey -w 8 -k thread",
+        f"python manage.py run_huey -w {THREADS} -k thread   # persistent connections (default)",
     ]
-    for i, (label, rate_i, cpu_i, _drained, _elapsed) in enumerate(runs):
-        share_i = rate_i / ref_rate if ref_rate else 0.0
+    share = rate / ref_rate if ref_rate else 0.0
+    section.row(
+        "deliveries/s, one worker",
+        f"{fmt(rate)} /s",
+        f"requests loop {fmt(ref_rate)} /s",
+        ratio(rate, ref_rate),
+        f"≥ {TARGET_SHARE:.0%} of reference",
+        verdict(share >= TARGET_SHARE, f"{share:.0%}"),
+    )
+    section.row(
+        "CPU per delivery",
+        f"worker {fmt(cpu['worker'])} µs",
+        f"requests loop {fmt(ref_cpu)} µs",
+        ratio(cpu["worker"], ref_cpu),
+    )
+    section.row(
+        "  services per delivery",
+        f"pg {fmt(cpu['postgres'])} µs",
+        f"redis {fmt(cpu['redis'])}, nginx {fmt(cpu['nginx'])} µs",
+    )
+    if sql.available:
+        per = sql.statements / max(drained, 1)
         section.row(
-            f"deliveries/s, one worker ({label})",
-            f"{fmt(rate_i)} /s",
-            f"requests loop {fmt(ref_rate)} /s",
-            ratio(rate_i, ref_rate),
-            f"≥ {TARGET_SHARE:.0%} of reference" if i == 0 else "",
-            verdict(share_i >= TARGET_SHARE, f"{share_i:.0%}") if i == 0 else "",
+            "SQL statements per delivery (under load)",
+            fmt(per, 2),
+            f"{sql.commits / max(drained, 1):.2f} commits; + "
+            f"{sql.foreign_key_checks / max(drained, 1):.2f} FK checks by PostgreSQL",
+            "",
+            f"≤ {TARGET_STATEMENTS}",
+            verdict(per <= TARGET_STATEMENTS, f"{per / TARGET_STATEMENTS:.1f}x"),
         )
-        section.row(
-            f"CPU per delivery ({label})",
-            f"worker {fmt(cpu_i['worker'])} µs",
-            f"requests loop {fmt(ref_cpu)} µs",
-            ratio(cpu_i["worker"], ref_cpu),
+        section.details.append(
+            (
+                f"Statements PostgreSQL ran while the worker drained {drained:,} deliveries "
+                "(pg_stat_statements, top level, without transaction control, PostgreSQL's own "
+                "foreign-key checks and the bench's polling; per delivery)",
+                sql.table(drained),
+            )
         )
-        section.row(
-            f"  services per delivery ({label})",
-            f"pg {fmt(cpu_i['postgres'])} µs",
-            f"redis {fmt(cpu_i['redis'])}, nginx {fmt(cpu_i['nginx'])} µs",
-        )
+    else:
+        section.notes.append(f"SQL statements under load not counted: {sql.note}.")
     section.notes.append(
         f"{LOGS:,} logs seeded ({len(ids) // DESTINATIONS:,} events x {DESTINATIONS} "
-        f"destinations) in {seeded:.0f} s. Each worker run is measured from its first finished "
-        f"delivery for at most {DRAIN_SECONDS} s (bounded: {LOGS - done:,} of {LOGS:,} were "
-        f"still queued at the end). Failed deliveries: {failed}."
+        f"destinations) in {seeded:.0f} s and queued with {queued_how}. The worker is measured "
+        f"from its first finished delivery for at most {DRAIN_SECONDS} s (bounded: "
+        f"{LOGS - done:,} of {LOGS:,} were still not success at the end). Failed deliveries: "
+        f"{failed}."
     )
     section.notes.append(
         "Reference: one thread, `requests.Session().post(sink, data=<same 1 KB body>, "
         f"headers=<content-type, user-agent, webhook-*>)` for {REFERENCE_SECONDS} s in the bench "
         "process, nothing else running."
     )
-    for caption, block in profile:
-        section.details.append((caption, block))
+    section.details += profile
     if spy:
         section.details.append(("py-spy of the run_huey worker while draining", spy))
     return section
@@ -140,27 +151,29 @@ def run(ctx: Context) -> Section:
 
 def _drain(
     tenant: seed.Tenant, worker: Proc, sink: Nginx, seconds: float
-) -> tuple[int, float, dict[str, float]]:
-    """Deliveries finished, seconds, and CPU µs per delivery by process group, measured from
-    the worker's first finished delivery for at most `seconds` (or until all are done)."""
-    first = _successes(tenant)
+) -> tuple[int, float, dict[str, float], StatementCounts]:
+    """Deliveries finished, seconds, CPU µs per delivery by process group and the SQL
+    statements run, measured from the worker's first finished delivery for at most
+    `seconds` (or until all are done)."""
+    accounts = [tenant.account.pk]
+    first = count_logs("success", accounts=accounts)
     deadline = time.monotonic() + 60
-    while (done := _successes(tenant)) == first and time.monotonic() < deadline:
+    while (done := count_logs("success", accounts=accounts)) == first:
+        if time.monotonic() > deadline or not worker.alive():
+            break
         time.sleep(0.05)
     groups = {"worker": worker.tree, "nginx": sink.proc.tree, **service_groups()}  # type: ignore[union-attr]
     meter = CpuMeter(groups)
-    meter.start()
-    start_count, start = done, time.monotonic()
-    while done < LOGS and time.monotonic() < start + seconds and worker.alive():
-        time.sleep(0.5)
-        done = _successes(tenant)
-    meter.stop()
+    with statement_counts() as sql:
+        done = count_logs("success", accounts=accounts)
+        meter.start()
+        start_count, start = done, time.monotonic()
+        while done < LOGS and time.monotonic() < start + seconds and worker.alive():
+            time.sleep(0.25)
+            done = count_logs("success", accounts=accounts)
+        meter.stop()
     drained = done - start_count
-    return drained, time.monotonic() - start, meter.per(drained)
-
-
-def _successes(tenant: seed.Tenant) -> int:
-    return DeliveryLog.objects.filter(account=tenant.account, status=LogStatus.SUCCESS).count()
+    return drained, meter.wall, meter.per(drained), sql
 
 
 def reference(url: str, seconds: float, limit: int = 50_000) -> tuple[float, float]:
@@ -187,124 +200,105 @@ def reference(url: str, seconds: float, limit: int = 50_000) -> tuple[float, flo
     return count / elapsed, cpu * 1e6 / count
 
 
-def _profiles(log_ids: list[int]) -> list[tuple[str, str]]:
-    """services.log_deliver in this process over fresh logs: CPU per delivery (this process,
-    PostgreSQL, Redis) as the worker runs it (connection closed after each task, publish
-    through async_to_sync) and with the proposed fixes simulated one after the other; then a
-    cProfile of the first way."""
+def _drain_lane(destination_id: int) -> None:
+    """What tasks.lane does for one destination, in this process: take its first lane slot,
+    run the lane until nothing is due (each run is one time slice), give back extra slots."""
+    if not engine.take_slot(destination_id, 0):
+        raise RuntimeError(f"lane slot 0 of destination {destination_id} is taken")
+    while True:
+        run = engine.lane_run(destination_id, 0)
+        for extra in run.spawn:
+            engine.free_slot(destination_id, extra)
+        if not run.again:
+            return
+
+
+def _in_process(sink: Nginx) -> list[tuple[str, str]]:
+    """The engine in this process over fresh queued logs of one destination (no worker runs):
+    CPU per delivery (this process, PostgreSQL, Redis), SQL statements per delivery, and a
+    cProfile of where one delivery's CPU goes."""
     from django.db import close_old_connections, connection
+    from django.test.utils import CaptureQueriesContext
 
-    from delivery import services
-
-    n = PROFILE_LOGS
-    batches = [log_ids[i * n : (i + 1) * n] for i in range(4)]
-
-    def runner(batch: list[int], close: bool) -> Callable[[], None]:
-        it = iter(batch)
-
-        def one() -> None:
-            services.log_deliver(log_id=next(it))
-            if close:
-                connection.close()  # what huey's db_task does with CONN_MAX_AGE=0
-
-        return one
-
-    def measured(batch: list[int], close: bool) -> dict[str, float]:
-        meter = CpuMeter({"bench": lambda: [os.getpid()], **service_groups()})
-        fn = runner(batch, close)
-        fn()  # warm-up: not counted
-        meter.start()
-        for _ in range(len(batch) - 1):
-            fn()
-        meter.stop()
-        return meter.per(len(batch) - 1)
-
+    tenant = seed.tenant(1, sink.url, name="delivery-profile")
+    destination_id = tenant.destinations[0].pk
+    how = f"engine.lane_run(destination_id={destination_id})"
+    accounts = [tenant.account.pk]
     close_old_connections()
-    summary = [("as the worker runs it today", measured(batches[0], close=True))]
-    with persistent_loop_publish():
-        summary.append(
-            ("+ publish through one event loop per process", measured(batches[1], close=True))
-        )
-        close_old_connections()
-        summary.append(
-            ("+ database connection kept (CONN_MAX_AGE>0)", measured(batches[2], close=False))
-        )
-    close_old_connections()
-    base = sum(summary[0][1].values())
-    lines = [f"  {'':46} {'python':>8} {'postgres':>9} {'redis':>7} {'total':>8}"]
-    for label, cpu in summary:
-        total = sum(cpu.values())
-        lines.append(
-            f"  {label:46} {cpu['bench']:8,.0f} {cpu['postgres']:9,.0f} {cpu['redis']:7,.0f} "
-            f"{total:8,.0f} µs  ({base / total:.1f}x less)"
-        )
-    results = [
-        (
-            f"CPU per delivery, in-process over {n - 1} logs each: today and with the proposed "
-            "fixes simulated (bench-only monkeypatches)",
-            "\n".join(lines),
-        )
+
+    # 1. CPU per delivery.
+    seed.queued_logs(tenant, PROFILE_LOGS)
+    meter = CpuMeter(service_groups())
+    before = count_logs("success", accounts=accounts)
+    meter.start()
+    cpu0 = time.process_time()
+    _drain_lane(destination_id)
+    own = time.process_time() - cpu0
+    meter.stop()
+    delivered = count_logs("success", accounts=accounts) - before
+    per = meter.per(delivered)
+    lines = [
+        f"{delivered} deliveries by {how}: this process {own * 1e6 / max(delivered, 1):,.0f} µs, "
+        f"PostgreSQL {per['postgres']:,.0f} µs, Redis {per['redis']:,.0f} µs CPU per delivery"
     ]
 
-    calls = (n - 1) // 2
-    stats, _plain = profiling.cprofile(runner(batches[3], close=True), calls)
+    # 2. SQL statements per delivery (what the structural test counts).
+    seed.queued_logs(tenant, PROFILE_LOGS)
+    before = count_logs("success", accounts=accounts)
+    with CaptureQueriesContext(connection) as captured:
+        _drain_lane(destination_id)
+    statements = len(captured.captured_queries)
+    counted = count_logs("success", accounts=accounts) - before
+    lines.append(
+        f"{statements} SQL statements for {counted} deliveries: "
+        f"{statements / max(counted, 1):.2f} per delivery (CaptureQueriesContext)"
+    )
+    results = [("The engine in-process, one destination, no worker running", "\n".join(lines))]
+
+    # 3. cProfile.
+    seed.queued_logs(tenant, PROFILE_LOGS)
+    before = count_logs("success", accounts=accounts)
+    profile = cProfile.Profile(time.process_time)
+    profile.enable()
+    _drain_lane(destination_id)
+    profile.disable()
+    profiled = count_logs("success", accounts=accounts) - before
+    close_old_connections()
+    stats = pstats.Stats(profile)
     parts = profiling.cumulative_of(
         stats,
         {
             "HTTP send (transport.send)": ("delivery/transport.py", "send"),
-            "live publish (async_to_sync group_send)": ("delivery/live.py", "publish"),
+            "claim a batch (outbox.claim)": ("delivery/outbox.py", "claim"),
+            "write results (outbox.record)": ("delivery/outbox.py", "record"),
+            "live publish (live.publish)": ("delivery/live.py", "publish"),
             "PostgreSQL connect": ("django/db/backends/base/base.py", "connect"),
             "SQL statements (cursor execute)": ("django/db/backends/utils.py", "_execute"),
         },
     )
     total = sum(
-        ct
-        for (path, _l, func), (_c, _n, _t, ct, _cl) in stats.stats.items()  # type: ignore[attr-defined]
-        if func == "log_deliver" and path.endswith("delivery/services.py")
+        tt
+        for (_p, _l, _f), (_c, _n, tt, _ct, _cl) in stats.stats.items()  # type: ignore[attr-defined]
     )
-    lines = [f"log_deliver, process CPU per delivery under cProfile: {total * 1e6 / calls:,.0f} µs"]
+    n = max(profiled, 1)
+    lines = [f"{how}, process CPU per delivery under cProfile: {total * 1e6 / n:,.0f} µs"]
     lines += [
-        f"  {label:42} {sec * 1e6 / calls:7,.0f} µs  {sec / total:5.0%}"
+        f"  {label:42} {sec * 1e6 / n:7,.0f} µs  {sec / total if total else 0:5.0%}"
         for label, sec in parts.items()
     ]
     results.append(
         (
-            "Where one delivery's CPU goes (cProfile, in-process, as the worker runs it)",
+            f"Where one delivery's CPU goes (cProfile, in-process, {profiled} deliveries)",
             "\n".join(lines),
         )
     )
     results.append(
         (
             "Top functions by cumulative CPU (µs per delivery, cProfile inflates them ~3x)",
-            profiling.top(stats, "cumulative", 22, calls),
+            profiling.top(stats, "cumulative", 22, n),
         )
     )
     results.append(
-        ("Top functions by own CPU (µs per delivery)", profiling.top(stats, "tottime", 12, calls))
+        ("Top functions by own CPU (µs per delivery)", profiling.top(stats, "tottime", 12, n))
     )
     return results
-
-
-@contextmanager
-def persistent_loop_publish() -> Iterator[None]:
-    """Bench-only simulation of the proposed live.py fix: send to the channel layer through
-    one event loop that lives as long as the process (its Redis connections stay open),
-    instead of async_to_sync, which builds a loop — and new Redis connections — per call."""
-    from delivery import live
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    original = live._group_send
-
-    def group_send(layer: object, group: str, message: dict[str, object]) -> None:
-        coroutine = layer.group_send(group, message)  # type: ignore[attr-defined]
-        asyncio.run_coroutine_threadsafe(coroutine, loop).result(5)
-
-    live._group_send = group_send  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        live._group_send = original
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)

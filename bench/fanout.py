@@ -8,9 +8,11 @@ import statistics
 import threading
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bench import profiling, seed, wsclient
 from bench.common import (
+    BODY,
     PAYLOAD,
     Context,
     CpuMeter,
@@ -30,6 +32,9 @@ EVENTS = 2
 REFERENCE_EVENTS = 2
 EVENT_TIMEOUT = 40.0
 PY_SPY_SECONDS = 10
+if TYPE_CHECKING:
+    from delivery.ingest import IngestResult
+
 QUERY = "subscription ($id: ID) { logUpdates(accountId: $id) { id status processedTimestamp } }"
 
 
@@ -180,11 +185,16 @@ def run(ctx: Context) -> Section:
     return section
 
 
-def _ingest(tenant: seed.Tenant) -> object:
-    from delivery import services
+def _ingest(tenant: seed.Tenant) -> "IngestResult":
+    """What incoming_data runs for one event: store it, then publish and wake its lanes."""
+    from delivery import tasks
 
-    return services.event_ingest(
-        account_id=tenant.account.pk, event_id=None, payload=PAYLOAD, size=1024
+    return tasks.event_accept(
+        account_id=tenant.account.pk,
+        event_id=None,
+        payload=PAYLOAD,
+        size=len(BODY),
+        body=BODY.encode(),
     )
 
 

@@ -1,13 +1,15 @@
 """Section 3 — latency under an open loop: 100 events/s for 30 s (each with its own
-CL-X-EVENT-ID, 1 KB body, one destination) sent to one daphne, one run_huey -w 8 worker,
-delivered to nginx whose access log stamps each arrival ($msec, the webhook-id). A
-graphql-transport-ws client subscribed to `logUpdates(accountId)` stamps each SUCCESS.
+CL-X-EVENT-ID, 1 KB body, one destination) posted to the production topology (deploy/prod.py:
+nginx -> gunicorn, run_huey workers), delivered to an nginx sink whose access log stamps each
+arrival ($msec, the webhook-id). A graphql-transport-ws client subscribed to
+`logUpdates(accountId)` through the same nginx (upgraded to daphne) stamps each SUCCESS.
 
 Times are taken from the moment the client sent the POST (an upper bound of "accepted": the
 202 is sent after commit, and the delivery may start before the client has read the 202) and
 also from the moment the 202 was read. Sends follow the schedule whatever the answers (open
 loop); a send that starts late is measured from its scheduled time, so queueing in front of
-the server counts too."""
+the server counts too. `send_open_loop`, `await_deliveries` and `sink_latencies` are the
+open-loop machinery the ladder section reuses."""
 
 import http.client
 import json
@@ -20,6 +22,7 @@ from bench import seed, wsclient
 from bench.common import (
     BODY,
     Context,
+    Nginx,
     Section,
     fmt,
     free_port,
@@ -56,12 +59,9 @@ def run(ctx: Context) -> Section:
     with processes(ctx.log_dir) as procs:
         sink = procs.nginx(free_port(), access_log=True)
         tenant = seed.tenant(1, sink.url, name="latency")
-        port = free_port()
-        procs.daphne(port)
-        procs.worker(8)
+        topology = procs.prod()
         section.commands += [
-            f"daphne -b 127.0.0.1 -p {port} project.asgi:application",
-            "python manage.py run_huey -w 8 -k thread",
+            topology.command(),
             f"nginx (return 200; access_log '$msec $http_webhook_id') on 127.0.0.1:{sink.port}",
         ]
         success: dict[int, float] = {}
@@ -72,45 +72,100 @@ def run(ctx: Context) -> Section:
                 success.setdefault(int(str(update["id"])), arrival)
 
         loop = wsclient.LoopThread()
-        url = f"ws://127.0.0.1:{port}/graphql/"
         loop.spawn(
             wsclient.subscribe(
-                url, tenant.token, {"id": str(tenant.account.pk)}, on_next, stop=loop.stop_event
+                topology.ws_url,
+                tenant.token,
+                {"id": str(tenant.account.pk)},
+                on_next,
+                stop=loop.stop_event,
             )
         )
         deadline = time.monotonic() + 30
         while wsclient.group_size(tenant.account.pk) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
 
-        _send(port, tenant.app_secret, "warm", RATE, 1.0)  # not counted
+        send_open_loop(topology.port, tenant.app_secret, "warm", RATE, 1.0)  # not counted
         phases = [(RATE, SECONDS, "lat", True), (LOW_RATE, LOW_SECONDS, "low", False)]
         for rate, seconds, prefix, judged in phases:
             time.sleep(2)
             log(f"sending {rate} events/s for {seconds} s")
-            sent = _send(port, tenant.app_secret, prefix, rate, seconds)
+            sent = send_open_loop(topology.port, tenant.app_secret, prefix, rate, seconds)
             accepted = {k: s for k, s in sent.items() if s.status == 202}
-            rows = DeliveryLog.objects.filter(
-                account=tenant.account, event__event_id__in=list(accepted)
-            ).values_list("pk", "event__event_id", "webhook_id")
-            ids = {pk: event_id for pk, event_id, _ in rows}
-            hooks = {pk: webhook_id for pk, _, webhook_id in rows}
-            deadline = time.monotonic() + SETTLE_SECONDS
-            while time.monotonic() < deadline:
-                arrived = sink.arrivals()
-                if all(hooks[pk] in arrived and pk in success for pk in ids):
-                    break
-                time.sleep(0.5)
-            arrived = sink.arrivals()
+            delivered = await_deliveries(
+                tenant, prefix, accepted, sink, SETTLE_SECONDS, success=success
+            )
             log(f"sent {len(sent)}, accepted {len(accepted)}")
-            _report(section, rate, seconds, judged, sent, accepted, ids, hooks, arrived, success)
+            _report(section, rate, seconds, judged, sent, accepted, delivered, success)
         loop.close()
     section.notes.insert(
         0,
         "Latencies are from the scheduled send time (open loop, so queueing in front of the "
         "server counts); 'after 202' is from the moment the client read the 202 (negative: "
-        "the delivery arrived before the answer). nginx stamps arrivals to the millisecond.",
+        "the delivery arrived before the answer). nginx stamps arrivals to the millisecond. "
+        f"Topology: {topology.describe()}; HTTP and the subscription both through nginx.",
     )
     return section
+
+
+@dataclass
+class Delivered:
+    """The deliveries of the accepted events of one open-loop run, as the sink saw them."""
+
+    events: dict[int, str]  # log id -> event id
+    hooks: dict[int, str]  # log id -> webhook-id
+    arrived: dict[str, float]  # webhook-id -> first arrival at the sink (epoch seconds)
+    expected: int  # accepted events x destinations
+
+    @property
+    def missing(self) -> int:
+        """Deliveries of accepted events not seen at the sink (a log not even created counts)."""
+        return self.expected - sum(1 for hook in self.hooks.values() if hook in self.arrived)
+
+
+def await_deliveries(
+    tenant: seed.Tenant,
+    prefix: str,
+    accepted: dict[str, Sent],
+    sink: Nginx,
+    settle_seconds: float,
+    *,
+    success: dict[int, float] | None = None,
+) -> Delivered:
+    """Wait (at most `settle_seconds`) until every delivery of the accepted events (those
+    sent with event ids `prefix-N`) has reached the sink — and, with `success`, has been seen
+    as SUCCESS by the subscriber."""
+    expected = len(accepted) * len(tenant.destinations)
+    deadline = time.monotonic() + settle_seconds
+    events: dict[int, str] = {}
+    hooks: dict[int, str] = {}
+    while True:
+        if len(events) < expected:  # the logs exist once the 202 is sent; re-read if not
+            rows = DeliveryLog.objects.filter(
+                account=tenant.account, event__event_id__startswith=f"{prefix}-"
+            ).values_list("pk", "event__event_id", "webhook_id")
+            events = {pk: event_id for pk, event_id, _ in rows if event_id in accepted}
+            hooks = {pk: webhook_id for pk, _, webhook_id in rows if pk in events}
+        arrived = sink.arrivals()
+        done = len(events) >= expected and all(h in arrived for h in hooks.values())
+        if done and success is not None:
+            done = all(pk in success for pk in events)
+        if done or time.monotonic() > deadline:
+            return Delivered(events, hooks, arrived, expected)
+        time.sleep(0.5)
+
+
+def sink_latencies(
+    accepted: dict[str, Sent], delivered: Delivered
+) -> tuple[list[float], list[float]]:
+    """ms from the scheduled send, and from the 202, to the arrival at the sink, per delivery."""
+    to_sink, after_202 = [], []
+    for pk, event_id in delivered.events.items():
+        s = accepted[event_id]
+        if (t := delivered.arrived.get(delivered.hooks[pk])) is not None:
+            to_sink.append((t - s.scheduled) * 1e3)
+            after_202.append((t - s.answered) * 1e3)
+    return to_sink, after_202
 
 
 def _report(
@@ -120,17 +175,13 @@ def _report(
     judged: bool,
     sent: dict[str, Sent],
     accepted: dict[str, Sent],
-    ids: dict[int, str],
-    hooks: dict[int, str],
-    arrived: dict[str, float],
+    delivered: Delivered,
     success: dict[int, float],
 ) -> None:
-    to_sink, to_ws, sink_after_202, ws_after_202 = [], [], [], []
-    for pk, event_id in ids.items():
+    to_sink, sink_after_202 = sink_latencies(accepted, delivered)
+    to_ws, ws_after_202 = [], []
+    for pk, event_id in delivered.events.items():
         s = accepted[event_id]
-        if (t := arrived.get(hooks[pk])) is not None:
-            to_sink.append((t - s.scheduled) * 1e3)
-            sink_after_202.append((t - s.answered) * 1e3)
         if (t := success.get(pk)) is not None:
             to_ws.append((t - s.scheduled) * 1e3)
             ws_after_202.append((t - s.answered) * 1e3)
@@ -173,12 +224,22 @@ def _report(
         f"{len(accepted):,} accepted, {skipped:,} skipped because the server was over "
         f"{MAX_LAG_SECONDS:.0f} s behind; max sink {p(to_sink, 100)} ms, subscriber "
         f"{p(to_ws, 100)} ms; not seen {SETTLE_SECONDS} s after the last send: "
-        f"{len(ids) - len(to_sink)} at the sink, {len(ids) - len(to_ws)} by the subscriber."
+        f"{delivered.missing} at the sink, {delivered.expected - len(to_ws)} by the subscriber."
     )
 
 
-def _send(port: int, app_secret: str, prefix: str, rate: int, seconds: float) -> dict[str, Sent]:
-    """POST rate x seconds events on schedule (open loop); returns them by event id."""
+def send_open_loop(
+    port: int,
+    app_secret: str,
+    prefix: str,
+    rate: int,
+    seconds: float,
+    *,
+    senders: int = SENDERS,
+) -> dict[str, Sent]:
+    """POST rate x seconds events (event ids `prefix-N`) to 127.0.0.1:`port` on schedule
+    (open loop) from `senders` threads with keep-alive connections; returns them by event id.
+    A send more than MAX_LAG_SECONDS behind its schedule is skipped (`sent` stays 0)."""
     local = threading.local()
     results: dict[str, Sent] = {}
     headers = {
@@ -208,7 +269,7 @@ def _send(port: int, app_secret: str, prefix: str, rate: int, seconds: float) ->
             record.answered = time.time()
 
     count = int(rate * seconds)
-    with ThreadPoolExecutor(SENDERS) as pool:
+    with ThreadPoolExecutor(senders) as pool:
         t0 = time.time() + 0.1
         for i in range(count):
             scheduled = t0 + i / rate

@@ -35,7 +35,7 @@ def run(ctx: Context) -> Section:
         sink = procs.nginx(free_port())
         tenant = seed.tenant(10, sink.url, name="memory")
         ids = seed.queued_logs(tenant, count)
-        seed.enqueue(ids)
+        seed.enqueue(tenant, ids)
         log(f"{count:,} deliveries queued (sized from {rate:.0f}/s)")
         worker = procs.worker(8)
         section.commands.append("python manage.py run_huey -w 8 -k thread")

@@ -8,6 +8,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.db import connection
 from django.db.models import F
@@ -44,7 +45,10 @@ def run(ctx: Context) -> Section:
 
     client = Client()
     body = json.dumps({"query": QUERY})
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {tenant.token}", "HTTP_HOST": "127.0.0.1"}
+    headers: dict[str, Any] = {
+        "HTTP_AUTHORIZATION": f"Bearer {tenant.token}",
+        "HTTP_HOST": "127.0.0.1",
+    }
 
     def graphql() -> object:
         response = client.post("/graphql/", body, content_type="application/json", **headers)

@@ -1,8 +1,9 @@
 """Run the benchmarks: `bench/run.py [section ...]` (default: all, in order).
 
-Sections: ingest, delivery, latency, query, memory, fanout (see bench/README.md). Each prints
-its figures beside a reference measured in the same run, as ratios; nothing here fails on a
-timing. A full run writes bench/RESULTS.md; a partial run writes bench/.out/RESULTS.md.
+Sections: ingest, delivery, drain, spread, latency, ladder, query, memory, fanout (see
+bench/README.md). Each prints its figures beside a reference measured in the same run, as
+ratios; nothing here fails on a timing. A full run writes bench/RESULTS.md; a partial run
+writes bench/.out/RESULTS.md.
 
 Uses its own PostgreSQL database (dp_bench, dropped and recreated on every run), Redis
 database 12 (flushed, nothing else touched), free ports on 127.0.0.1, and stops every process
@@ -29,9 +30,12 @@ if str(ROOT) not in sys.path:
 from bench import common  # noqa: E402
 
 SECTIONS = {
-    "ingest": "POST /server/incoming_data/ under wrk, daphne and gunicorn, vs a bare view",
+    "ingest": "POST /server/incoming_data/ under wrk on the production topology, vs a bare view",
     "delivery": "draining 20,000 queued deliveries with one run_huey process, vs requests",
+    "drain": "1,000 events x 10 destinations end to end on the production topology",
+    "spread": "the same 10,000 deliveries over 1,000 destinations, vs concentrated",
     "latency": "open loop 100 events/s: accept -> sink, accept -> GraphQL subscriber",
+    "ladder": "highest open-loop rate sustained (sink p99 <= 1 s, none lost), 1 and 10 dest.",
     "query": "logs(first: 100) over 100k rows: SQL queries and time vs values()",
     "memory": "run_huey RSS before/after a long delivery run",
     "fanout": "1,000 WebSocket subscribers on one daphne: status change -> receipt",
@@ -160,6 +164,7 @@ def _machine() -> list[str]:
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     packages = [
         "Django",
+        "gunicorn",
         "strawberry-graphql",
         "strawberry-graphql-django",
         "channels",
@@ -175,8 +180,7 @@ def _machine() -> list[str]:
         f"Machine: {os.cpu_count()} CPUs (nproc {_run(['nproc'])}), "
         f"{mem_kib / 1024 / 1024:.1f} GiB memory, {cpu}, Linux {platform.release()}",
         f"Python {platform.python_version()}; {versions}",
-        f"gunicorn {common.tool_version('gunicorn')}, py-spy {common.tool_version('py_spy')} "
-        "(bench/.tools, not in requirements.txt)",
+        f"py-spy {common.tool_version('py_spy')} (bench/.tools, not in requirements.txt)",
         f"PostgreSQL {_pg_version()}; Redis {_redis_version()}; "
         f"{_run(['wrk', '--version']).splitlines()[0].split(' Copyright')[0]}; "
         f"{_run([common.nginx_binary(), '-v']).strip().removeprefix('nginx version: ')}",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from bench.common import PAYLOAD
+from bench.common import BODY, PAYLOAD
 from delivery import transport
 from delivery.models import DeliveryLog, Destination, Event, LogStatus
 from identity import secrets
@@ -69,7 +69,8 @@ def queued_logs(t: Tenant, count: int, *, batch: int = 5000) -> list[int]:
                     account=t.account,
                     event_id=f"seed-{next(_seq)}",
                     payload=PAYLOAD,
-                    size=1024,
+                    body=BODY,
+                    size=len(BODY),
                     received_at=now,
                 )
                 for _ in range(n_events)
@@ -95,9 +96,11 @@ def queued_logs(t: Tenant, count: int, *, batch: int = 5000) -> list[int]:
     return ids
 
 
-def enqueue(log_ids: list[int]) -> None:
-    """Put one `deliver` task per log on the queue, as the ingest path does after commit."""
+def enqueue(t: Tenant, log_ids: list[int]) -> str:
+    """Queue the work for the tenant's seeded `queued` logs as the accept path does after its
+    commit (tasks.after_accept): ONE `wake_account` task, which starts a lane per destination;
+    the lanes claim the logs in batches. Returns how, for the notes."""
     from delivery import tasks
 
-    for log_id in log_ids:
-        tasks.deliver(log_id)
+    tasks.wake_account(str(t.account.pk))
+    return f"one tasks.wake_account(account_id) for {len(log_ids):,} logs (lanes claim them)"

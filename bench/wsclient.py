@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 PROTOCOL = "graphql-transport-ws"
 LOG_UPDATES = "subscription ($id: ID) { logUpdates(accountId: $id) { id status } }"
@@ -29,7 +30,11 @@ async def subscribe(
     """Connect, authenticate with connection_init {"authToken": token}, subscribe, and call
     `on_next(data, arrival)` for every `next` message until `stop` is set."""
     async with connect(
-        url, subprotocols=[PROTOCOL], open_timeout=60, ping_interval=None, max_size=None
+        url,
+        subprotocols=[Subprotocol(PROTOCOL)],
+        open_timeout=60,
+        ping_interval=None,
+        max_size=None,
     ) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token}}))
         ack = json.loads(await asyncio.wait_for(ws.recv(), 60))

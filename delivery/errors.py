@@ -7,6 +7,7 @@ class DeliveryErrorCode(StrEnum):
     INVALID_URL = "invalid_url"
     INVALID_METHOD = "invalid_method"
     INVALID_HEADERS = "invalid_headers"
+    INVALID_MAX_IN_FLIGHT = "invalid_max_in_flight"
     INVALID_FILTER = "invalid_filter"
     NOT_RETRYABLE = "not_retryable"
     # REST: POST /server/incoming_data/

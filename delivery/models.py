@@ -30,6 +30,11 @@ class Destination(models.Model):
     # Both encrypted at rest (project.crypto): Python sees the clear values.
     headers = EncryptedJSONField(default=dict, blank=True, help_text="Extra request headers.")
     is_active = models.BooleanField(default=True)
+    max_in_flight = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Concurrent requests to this destination; empty: DELIVERY_MAX_IN_FLIGHT.",
+    )
     signing_secret = EncryptedTextField(help_text="Standard Webhooks `whsec_…`.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -128,6 +133,12 @@ class DeliveryLog(models.Model):
             models.Index(fields=["account", "last_status_code"], name="log_account_code"),
             models.Index(fields=["received_timestamp"], name="log_received"),
             models.Index(fields=["account", "updated_at", "id"], name="log_account_updated"),
+            # A lane's claim: the destination's waiting logs by due time.
+            models.Index(
+                fields=["destination", "next_attempt_at", "id"],
+                name="log_destination_due",
+                condition=Q(status__in=["queued", "retrying"]),
+            ),
             models.Index(
                 fields=["next_attempt_at"],
                 name="log_unfinished_due",

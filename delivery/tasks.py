@@ -1,45 +1,135 @@
-"""Huey tasks: thin transports that take ids and call one service.
+"""Huey tasks, and the only place that enqueues: thin transports that take ids and call the
+engine, the outbox or maintenance, then schedule what those say must follow.
 
-Huey has no acknowledgement: a task popped by a worker that dies is gone. The database row is
-the outbox, and `sweep` (every minute, and once when a worker starts) re-enqueues whatever the
-queue lost. `sweep` and `purge` have a higher priority than deliveries, so a worker takes them
-before a backlog of queued deliveries (the queue storage must support priorities: Huey's
-SqliteHuey and PriorityRedisHuey do; plain RedisHuey refuses them)."""
+Huey has no acknowledgement: a task popped by a worker that dies is gone. The database rows
+are the outbox, and `sweep` (every minute, and once when a worker starts) wakes the lanes of
+whatever the queue lost. Maintenance has a higher priority than lane work, so a worker takes
+it first whatever the queue holds (the queue storage must support priorities: Huey's SqliteHuey
+and PriorityRedisHuey do; plain RedisHuey refuses them)."""
 
 import logging
 import threading
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 from huey import crontab
 from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
 
-from delivery import services
+from delivery import engine, ingest, live, maintenance, selectors
+from delivery.ingest import IngestResult
+from delivery.models import DeliveryLog
 from identity.auth import tokens_purge
 
 logger = logging.getLogger(__name__)
 
+# Maintenance is taken from the queue before any lane (Huey's SQLite and priority-Redis
+# storages dequeue by priority, then in order): recovery never waits behind a backlog.
+MAINTENANCE_PRIORITY = 100
+# A lane of a slow destination that finds no slow-lane room in its worker tries again after.
+DEFER_SECONDS = 1.0
+
+
+def event_accept(
+    *,
+    account_id: uuid.UUID,
+    event_id: str | None,
+    payload: dict[str, Any],
+    size: int,
+    body: bytes | None = None,
+) -> IngestResult:
+    """ingest.event_ingest, then `after_accept`: what incoming_data runs."""
+    result = ingest.event_ingest(
+        account_id=account_id, event_id=event_id, payload=payload, size=size, body=body
+    )
+    after_accept(result)
+    return result
+
+
+def after_accept(result: IngestResult) -> None:
+    """After an event's commit: publish its `queued` logs (one message) and wake the account's
+    lanes (one cache round trip; one enqueue when no wake is pending). Never raises: the rows
+    are committed, and the sweeper wakes their lanes if this is lost."""
+    if not result.logs:
+        return
+    # Publish first: a lane may claim the logs at once and publish `sending` itself.
+    live.publish(result.logs)
+    try:
+        if engine.wake_flag(str(result.account_id)):
+            wake_account(str(result.account_id))
+    except Exception:
+        logger.exception(
+            "Could not wake the lanes of %d deliveries; the sweeper will", len(result.logs)
+        )
+
+
+def wake_destinations(destination_ids: Iterable[int | None]) -> None:
+    """Run a lane for each destination that has none running (e.g. after a manual retry)."""
+    try:
+        for destination_id in engine.lanes_to_start(d for d in destination_ids if d is not None):
+            lane(destination_id, 0)
+    except Exception:
+        logger.exception("Could not wake lanes; the sweeper will")
+
+
+@db_task()
+def wake_account(account_id: str) -> None:
+    """Run a lane for each active destination of the account that has none running."""
+    engine.clear_wake_flag(account_id)
+    wake_destinations(selectors.active_destination_ids(uuid.UUID(account_id)))
+
+
+@db_task()
+def wake_destination(destination_id: int) -> None:
+    """Scheduled for when a destination's next retry falls due."""
+    wake_destinations([destination_id])
+
+
+@db_task()
+def lane(destination_id: int, slot: int = 0) -> None:
+    """Deliver a destination's due logs for one time slice (engine.lane_run), then schedule
+    what follows: the lane again, more lanes, or a wake at the next retry's due time."""
+    run = engine.lane_run(destination_id, slot)
+    for extra in run.spawn:
+        lane(destination_id, extra)
+    if run.again:
+        lane(destination_id, slot)
+    elif run.deferred:
+        lane.schedule((destination_id, slot), delay=DEFER_SECONDS)
+    elif run.wake_at is not None and engine.wake_later(destination_id, run.wake_at):
+        wake_destination.schedule((destination_id,), eta=run.wake_at)
+
 
 @db_task()
 def deliver(log_id: int) -> None:
-    """Send delivery log `log_id` once if it is due (see services.log_deliver)."""
-    services.log_deliver(log_id=log_id)
+    """Deliver log `log_id` (tasks queued before lanes existed): wakes its destination's lane."""
+    destination_id = (
+        DeliveryLog.objects.filter(pk=log_id).values_list("destination_id", flat=True).first()
+    )
+    wake_destinations([destination_id])
 
 
-# Maintenance is taken from the queue before any delivery (Huey's SQLite and priority-Redis
-# storages dequeue by priority, then in order): recovery never waits behind a backlog.
-MAINTENANCE_PRIORITY = 100
+def sweep_now(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """maintenance.logs_sweep, then wake the lanes it names. Returns how many deliveries it
+    resumes."""
+    swept = maintenance.logs_sweep(now=now, limit=limit)
+    engine.free_lanes(swept.stale_lanes)
+    wake_destinations(swept.destination_ids)
+    return swept.count
 
 
 @db_periodic_task(crontab(minute="*"), priority=MAINTENANCE_PRIORITY)
 def sweep() -> None:
-    """Re-enqueue overdue and abandoned deliveries."""
-    services.logs_sweep()
+    """Resume overdue and abandoned deliveries."""
+    sweep_now()
 
 
 @db_periodic_task(crontab(minute="17", hour="3"), priority=MAINTENANCE_PRIORITY)
 def purge() -> None:
     """Delete logs, attempts and orphan events past DELIVERY_LOG_RETENTION_DAYS, and expired
     user tokens."""
-    counts = services.logs_purge()
+    counts = maintenance.logs_purge()
     counts["tokens"] = tokens_purge()
     logger.info("Retention purge: %s", counts)
 
@@ -57,7 +147,7 @@ def sweep_on_start() -> None:
             return
         _startup_sweep_done.set()
     try:
-        services.logs_sweep()
+        sweep_now()
     except Exception:
         logger.exception("Startup sweep failed")
     finally:

@@ -9,7 +9,7 @@ multicast or reserved address: checked after DNS resolution, and again on the co
 so a DNS answer that changes between check and connect (rebinding) is caught too.
 
 URLs are read one way everywhere: `parse_url()` reads a URL as requests/urllib3 will send it,
-and both the destination check (services) and `send()` use the host and port it returns. A
+and both the destination check (validators) and `send()` use the host and port it returns. A
 URL that the standard library (urlsplit, Django's URLValidator) reads differently, or that has
 a backslash or a `user:password@` part, is refused (`InvalidURL`).
 """

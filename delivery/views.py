@@ -23,7 +23,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from delivery import services
+from delivery import ingest, tasks
 from delivery.errors import DeliveryErrorCode as Code
 from delivery.models import UNSTORABLE_TEXT
 from identity.selectors import account_id_for_app_secret
@@ -176,10 +176,10 @@ def _incoming(request: HttpRequest) -> JsonResponse:
     if payload is None:
         return Refusal(400, Code.INVALID_DATA, "Invalid Data").response()
     try:
-        result = services.event_ingest(
+        result = tasks.event_accept(
             account_id=account_id, event_id=event_id, payload=payload, size=len(body), body=body
         )
-    except services.AccountGone:  # deleted while we were checking the token
+    except ingest.AccountGone:  # deleted while we were checking the token
         return UNAUTHENTICATED.response()
     except Contended:
         return UNAVAILABLE.response()

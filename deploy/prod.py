@@ -12,7 +12,7 @@ Ctrl-C or SIGTERM stops them all (workers finish their in-flight deliveries); wh
 exits on its own, the others are stopped too and the exit code is 1.
 
 Settings read here: HOST (127.0.0.1), PORT (8000), GUNICORN_WORKERS (2), WORKERS (1 run_huey
-process) and WORKER_THREADS (8 threads each).
+process; 0 for none) and WORKER_THREADS (16 threads each).
 """
 
 import os
@@ -54,10 +54,10 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def env_count(name: str, default: int) -> int:
+def env_count(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name) or str(default)
-    if not raw.isdigit() or int(raw) < 1:
-        fail(f"{name} must be a whole number >= 1; got {raw!r}")
+    if not raw.isdigit() or int(raw) < minimum:
+        fail(f"{name} must be a whole number >= {minimum}; got {raw!r}")
     return int(raw)
 
 
@@ -124,8 +124,8 @@ def main() -> int:
     host = os.environ.get("HOST") or "127.0.0.1"
     port = env_count("PORT", 8000)
     gunicorn_workers = env_count("GUNICORN_WORKERS", 2)
-    workers = env_count("WORKERS", 1)
-    worker_threads = env_count("WORKER_THREADS", 8)
+    workers = env_count("WORKERS", 1, minimum=0)  # 0: the workers run elsewhere
+    worker_threads = env_count("WORKER_THREADS", 16)
 
     env = dict(os.environ)
     env.setdefault("NUM_PROXIES", "1")

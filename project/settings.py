@@ -184,7 +184,7 @@ else:
     )
 
 # Huey consumer threads started inside `manage.py serve` (embedded mode).
-SERVE_WORKERS = env_int("SERVE_WORKERS", 4, minimum=1)
+SERVE_WORKERS = env_int("SERVE_WORKERS", 8, minimum=1)
 
 # --- Delivery -------------------------------------------------------------------------------
 INCOMING_MAX_BODY_BYTES = env_int("INCOMING_MAX_BODY_BYTES", 1024 * 1024, minimum=1)
@@ -206,6 +206,18 @@ DELIVERY_RETRY_AFTER_CAP = 3600.0  # longest Retry-After (429/503) we honour, in
 DELIVERY_RESPONSE_BODY_LIMIT = 4096  # bytes of each response body kept on the attempt
 # A queued/retrying log this overdue, or a sending one past its lease, is re-enqueued.
 DELIVERY_SWEEP_GRACE_SECONDS = env_int("DELIVERY_SWEEP_GRACE_SECONDS", 60)
+# Lanes (delivery/engine.py): concurrent requests per destination (a destination's
+# `max_in_flight` overrides it), logs claimed per batch, how long one lane run may go on before
+# it yields its worker thread, the send time above which a destination counts as slow (one log
+# at a time from then on), and how many lanes of slow destinations one worker process runs.
+DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 1, minimum=1)
+DELIVERY_BATCH_SIZE = env_int("DELIVERY_BATCH_SIZE", 50, minimum=1)
+DELIVERY_LANE_SLICE_SECONDS = env_float("DELIVERY_LANE_SLICE_SECONDS", 1.0)
+DELIVERY_SLOW_SECONDS = env_float("DELIVERY_SLOW_SECONDS", 1.0)
+DELIVERY_SLOW_LANES = env_int("DELIVERY_SLOW_LANES", 4, minimum=1)
+for _name in ("DELIVERY_LANE_SLICE_SECONDS", "DELIVERY_SLOW_SECONDS"):
+    if not globals()[_name] > 0:
+        raise ImproperlyConfigured(f"{_name} must be > 0; got {globals()[_name]}")
 DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum=1)
 # How long app-secret and destination lookups stay cached (services invalidate on change).
 HOT_PATH_CACHE_SECONDS = 300

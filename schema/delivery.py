@@ -16,7 +16,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 from strawberry_django.optimizer import optimize
 
-from delivery import models, selectors, services
+from delivery import destinations, models, outbox, selectors, tasks
 from delivery.errors import DeliveryErrorCode
 from identity.errors import invalid
 from schema import context
@@ -51,6 +51,11 @@ class DestinationCreateInput:
         "ASCII, spaces or tabs only between characters, at most 4096 characters.",
     )
     is_active: bool = True
+    max_in_flight: int = strawberry.field(
+        default=0,
+        description="Concurrent requests to this destination, 1 to 100; 0: the server's "
+        "default (DELIVERY_MAX_IN_FLIGHT). Above 1, deliveries may arrive out of order.",
+    )
 
 
 @strawberry.input(description="Fields left out (or null) stay as they are.")
@@ -61,6 +66,9 @@ class DestinationUpdateInput:
         default=strawberry.UNSET, description="Replaces all extra headers (see create)."
     )
     is_active: bool | None = strawberry.UNSET
+    max_in_flight: int | None = strawberry.field(
+        default=strawberry.UNSET, description="1 to 100; 0: back to the server's default."
+    )
 
 
 @strawberry.enum(description="Sort direction.")
@@ -219,34 +227,38 @@ class DeliveryQuery:
 class DeliveryMutation:
     @strawberry_django.mutation(
         description="Add a destination to an account, with a new signing secret. ADMIN. "
-        "Codes: invalid_url, invalid_headers, not_found (account missing or foreign), "
+        "Codes: invalid_url, invalid_headers, invalid_max_in_flight, not_found (account missing "
+        "or foreign), "
         "permission_denied, unauthenticated."
     )
     def destination_create(self, info: Info, input: DestinationCreateInput) -> Destination:
-        return services.destination_create(  # type: ignore[return-value]
+        return destinations.destination_create(  # type: ignore[return-value]
             actor=context.actor(info),
             account_id=str(input.account_id),
             url=input.url,
             http_method=str(input.http_method),
             headers=input.headers,  # type: ignore[arg-type]
             is_active=input.is_active,
+            max_in_flight=input.max_in_flight,
         )
 
     @strawberry_django.mutation(
         description="Change a destination; deliveries not sent yet use the new settings. ADMIN "
-        "or NORMAL_USER. Codes: invalid_url, invalid_headers, not_found, unauthenticated."
+        "or NORMAL_USER. Codes: invalid_url, invalid_headers, invalid_max_in_flight, not_found, "
+        "unauthenticated."
     )
     def destination_update(
         self, info: Info, id: strawberry.ID, input: DestinationUpdateInput
     ) -> Destination:
         method = given(input.http_method)
-        return services.destination_update(  # type: ignore[return-value]
+        return destinations.destination_update(  # type: ignore[return-value]
             actor=context.actor(info),
             destination_id=id,
             url=given(input.url),
             http_method=None if method is None else str(method),
             headers=given(input.headers),
             is_active=given(input.is_active),
+            max_in_flight=given(input.max_in_flight),
         )
 
     @strawberry_django.mutation(
@@ -254,7 +266,7 @@ class DeliveryMutation:
         "fail. ADMIN. Codes: not_found, permission_denied, unauthenticated."
     )
     def destination_delete(self, info: Info, id: strawberry.ID) -> Deleted:
-        services.destination_delete(actor=context.actor(info), destination_id=id)
+        destinations.destination_delete(actor=context.actor(info), destination_id=id)
         return Deleted(id=id)
 
     @strawberry_django.mutation(
@@ -262,7 +274,7 @@ class DeliveryMutation:
         "ADMIN. Codes: not_found, permission_denied, unauthenticated."
     )
     def destination_rotate_secret(self, info: Info, id: strawberry.ID) -> Destination:
-        return services.destination_rotate_secret(  # type: ignore[return-value]
+        return destinations.destination_rotate_secret(  # type: ignore[return-value]
             actor=context.actor(info), destination_id=id
         )
 
@@ -272,7 +284,9 @@ class DeliveryMutation:
         "not_found, permission_denied, unauthenticated."
     )
     def log_retry(self, info: Info, id: strawberry.ID) -> DeliveryLog:
-        return services.log_retry(actor=context.actor(info), log_id=id)  # type: ignore[return-value]
+        log = outbox.log_retry(actor=context.actor(info), log_id=id)
+        tasks.wake_destinations([log.destination_id])
+        return log  # type: ignore[return-value]
 
     @strawberry_django.mutation(
         description="Queue again every FAILED log matching `filters` in the accounts you "
@@ -280,5 +294,6 @@ class DeliveryMutation:
         "the status filter is ignored). Code: unauthenticated."
     )
     def logs_retry_failed(self, info: Info, filters: LogFilter | None = None) -> LogsRetryResult:
-        count = services.logs_retry_failed(actor=context.actor(info), filters=log_filters(filters))
-        return LogsRetryResult(count=count)
+        logs = outbox.logs_retry_failed(actor=context.actor(info), filters=log_filters(filters))
+        tasks.wake_destinations(log.destination_id for log in logs)
+        return LogsRetryResult(count=len(logs))

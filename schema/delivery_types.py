@@ -107,6 +107,10 @@ class Destination:
     is_active: bool = strawberry_django.field(
         description="Inactive destinations receive no new deliveries."
     )
+    max_in_flight: int | None = strawberry_django.field(
+        description="Concurrent requests to this destination; null: the server's default "
+        "(DELIVERY_MAX_IN_FLIGHT, 1 unless configured)."
+    )
     created_at: datetime
     updated_at: datetime
 

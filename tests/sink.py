@@ -5,9 +5,10 @@ to every later one; `/slow/<seconds>` sleeps before answering 200; `/redirect` a
 `/big/<bytes>` answers 200 with a body of that many bytes; `/nul/<status>` (200 when left out)
 answers with NUL bytes in its body and in a header value; anything else answers 200. A
 `retry_after` query parameter adds a `Retry-After` header with its value to any answer.
-Every request is recorded with its method, path, query (parsed and raw), headers and body;
-`wait_for` polls with a deadline instead of sleeping and hoping. `standard_webhooks_valid`
-checks a request's signature the way a receiver would, independently of the sender's code."""
+Every request is recorded with its method, path, query (parsed and raw), headers, body and
+arrival time (monotonic clock); `wait_for` polls with a deadline instead of sleeping and
+hoping. `standard_webhooks_valid` checks a request's signature the way a receiver would,
+independently of the sender's code."""
 
 import base64
 import hashlib
@@ -35,6 +36,9 @@ class Received:
     headers: dict[str, str]
     body: bytes
     query_string: str = ""
+    # When it arrived (time.monotonic(), once its body was read): latency tests compare it
+    # with the client's clock.
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -102,3 +102,8 @@ def post_incoming() -> Poster:
         )
 
     return post
+
+
+def task_calls(enqueued: list[Any], name: str = "lane") -> list[tuple[Any, ...]]:
+    """The arguments of each `name` task in `enqueued` (the fixture), in order."""
+    return [task.args for task in enqueued if task.name == name]

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 from huey import Huey
 
-from delivery import services
+from delivery import tasks
 from delivery.models import DeliveryAttempt, DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import sink_destination
@@ -42,9 +42,7 @@ def test_killed_worker_loses_no_delivery(
     # The burst is accepted first, so the worker has a backlog when it dies. Accepted events
     # enqueue to the real queue (the `processes` fixture turns immediate mode off).
     for n in range(EVENTS):
-        services.event_ingest(
-            account_id=account.pk, event_id=f"burst-{n}", payload={"n": n}, size=10
-        )
+        tasks.event_accept(account_id=account.pk, event_id=f"burst-{n}", payload={"n": n}, size=10)
     # The workers' own sweeps would re-enqueue the whole backlog (queued longer than a 1 s
     # grace): with the default grace they leave the recovery to the explicit sweep below.
     first = processes.worker(workers=WORKER_THREADS, DELIVERY_SWEEP_GRACE_SECONDS="60")
@@ -72,7 +70,7 @@ def test_killed_worker_loses_no_delivery(
     processes.wait_until(drained, timeout=60, what="the new worker to work off the backlog")
     # What the sweeper does once their lease ran out: the killed worker's `sending` rows, and
     # the rows of any task it had popped but not claimed, are enqueued again.
-    recovered = services.logs_sweep(now=timezone.now() + timedelta(minutes=5))
+    recovered = tasks.sweep_now(now=timezone.now() + timedelta(minutes=5))
     processes.wait_until(
         lambda: DeliveryLog.objects.filter(status=LogStatus.SUCCESS).count() == EVENTS,
         timeout=90,

@@ -1,4 +1,4 @@
-"""services.log_deliver against the real sink (tests/sink.py): what a destination receives,
+"""engine.deliver_log against the real sink (tests/sink.py): what a destination receives,
 and how each answer moves the log (success, retrying with its due time, failed)."""
 
 import json
@@ -12,7 +12,7 @@ from django.db import DataError
 from django.test import override_settings
 from django.utils import timezone
 
-from delivery import services, tasks, transport
+from delivery import engine, tasks, transport
 from delivery.models import DeliveryAttempt, DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import due_log, sink_destination
@@ -31,7 +31,7 @@ PAYLOAD: dict[str, Any] = {
 
 def deliver(log: DeliveryLog) -> DeliveryLog:
     """One try, as the task runs it; returns the log as stored afterwards."""
-    services.log_deliver(log_id=log.pk)
+    engine.deliver_log(log_id=log.pk)
     log.refresh_from_db()
     return log
 
@@ -162,7 +162,7 @@ def test_500_then_200_retries_then_succeeds_with_two_attempts(account: Account, 
     assert 5 <= delay_of(log) <= 5.5  # first step of the default schedule, jitter add-only
 
     # Not due yet: a task arriving early (or twice) neither claims nor sends.
-    assert services.log_deliver(log_id=log.pk) is None
+    assert engine.deliver_log(log_id=log.pk) is None
     assert len(sink.received()) == 1
 
     make_due(log)
@@ -179,7 +179,7 @@ def test_500_then_200_retries_then_succeeds_with_two_attempts(account: Account, 
 def test_success_is_final_and_never_sent_again(account: Account, sink: Sink) -> None:
     log = deliver(due_log(sink_destination(account, sink)))
     assert log.status == LogStatus.SUCCESS
-    assert services.log_deliver(log_id=log.pk) is None
+    assert engine.deliver_log(log_id=log.pk) is None
     assert len(sink.received()) == 1
 
 
@@ -246,7 +246,7 @@ def test_retry_after_is_honoured_within_the_cap(
 @override_settings(DELIVERY_RETRY_SCHEDULE=[0.0, 0.0])
 def test_exhausted_retry_schedule_fails(account: Account, sink: Sink) -> None:
     log = due_log(sink_destination(account, sink, "/status/500"))
-    assert [services.log_deliver(log_id=log.pk) for _ in range(4)] == [
+    assert [engine.deliver_log(log_id=log.pk) for _ in range(4)] == [
         LogStatus.RETRYING,
         LogStatus.RETRYING,
         LogStatus.FAILED,
@@ -357,7 +357,7 @@ def test_task_for_a_log_that_no_longer_exists_does_nothing(account: Account, sin
 
 def swept_a_day_later() -> int:
     """How many deliveries the sweeper would re-enqueue a day from now."""
-    return services.logs_sweep(now=timezone.now() + timedelta(days=1))
+    return tasks.sweep_now(now=timezone.now() + timedelta(days=1))
 
 
 def test_header_value_the_client_cannot_encode_fails_once_without_a_request(
@@ -401,7 +401,7 @@ def test_unexpected_error_while_sending_is_an_attempt_retried_within_the_schedul
     monkeypatch.setattr(transport, "_session", broken)
     log = due_log(sink_destination(account, sink))
 
-    assert [services.log_deliver(log_id=log.pk) for _ in range(3)] == [
+    assert [engine.deliver_log(log_id=log.pk) for _ in range(3)] == [
         LogStatus.RETRYING,
         LogStatus.FAILED,
         None,
@@ -494,16 +494,16 @@ def test_text_of_an_outcome_is_made_storable_everywhere(
 def test_attempt_that_cannot_be_stored_is_recorded_without_the_answer(
     account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_create = DeliveryAttempt.objects.create
-    tried: list[dict[str, Any]] = []
+    real_create = DeliveryAttempt.objects.bulk_create
+    tried: list[list[DeliveryAttempt]] = []
 
-    def create(**fields: Any) -> DeliveryAttempt:
-        tried.append(fields)
+    def create(attempts: list[DeliveryAttempt], **options: Any) -> list[DeliveryAttempt]:
+        tried.append(list(attempts))
         if len(tried) == 1:
             raise DataError("simulated: the answer cannot be stored")
-        return real_create(**fields)
+        return real_create(attempts, **options)
 
-    monkeypatch.setattr(DeliveryAttempt.objects, "create", create)
+    monkeypatch.setattr(DeliveryAttempt.objects, "bulk_create", create)
     log = deliver(due_log(sink_destination(account, sink, "/status/404")))
 
     assert len(tried) == 2

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from delivery import services
+from delivery import destinations
 from delivery.models import DeliveryLog, Destination, Event, LogStatus
 from identity import services as identity_services
 from identity.models import Account, User
-from tests.delivery.conftest import Poster, sink_destination
+from tests.delivery.conftest import Poster, sink_destination, task_calls
 from tests.factories import make_account
 from tests.sink import Sink
 
@@ -74,7 +74,9 @@ def test_event_is_stored_once_with_one_queued_log_per_active_destination(
     logs = list(DeliveryLog.objects.order_by("destination_id"))
     assert [log.destination_id for log in logs] == [d.pk for d in active]
     assert {(log.event_id, log.account_id) for log in logs} == {(event.pk, account.pk)}
-    assert [task.args for task in enqueued] == [(log.pk,) for log in logs]
+    # One wake for the account, then one lane per active destination.
+    assert task_calls(enqueued, "wake_account") == [(str(account.pk),)]
+    assert task_calls(enqueued) == [(d.pk, 0) for d in active]
     # Immediate mode ran the tasks after commit: both active destinations got the event.
     assert sorted(r.path for r in sink.received()) == ["/get", "/post"]
     assert {log.status for log in DeliveryLog.objects.all()} == {LogStatus.SUCCESS}
@@ -130,7 +132,7 @@ def test_repeated_event_id_answers_like_the_original_and_creates_nothing(
     assert response.json() == accepted("order-42", 2, duplicate=True)
     assert Event.objects.get().payload == PAYLOAD
     assert list(DeliveryLog.objects.values_list("pk", "status", "attempt_count")) == rows
-    assert len(enqueued) == 2
+    assert len(task_calls(enqueued)) == 2  # the original's lanes; none for the repeat
     assert len(sink.received()) == sent
 
 
@@ -152,7 +154,7 @@ def test_deleted_destination_gets_no_log_on_the_next_event(
     post, get, _ = two_active_one_inactive
     assert send(event_id="e1").json() == accepted("e1", 2)  # destination ids now cached
     with django_capture_on_commit_callbacks(execute=True):
-        services.destination_delete(actor=admin_user, destination_id=post.pk)
+        destinations.destination_delete(actor=admin_user, destination_id=post.pk)
 
     assert send(event_id="e2").json() == accepted("e2", 1)
     assert list(
@@ -171,9 +173,9 @@ def test_deactivated_and_added_destinations_take_effect_on_the_next_event(
     post, get, off = two_active_one_inactive
     assert send(event_id="e1").json() == accepted("e1", 2)
     with django_capture_on_commit_callbacks(execute=True):
-        services.destination_update(actor=admin_user, destination_id=post.pk, is_active=False)
-        services.destination_update(actor=admin_user, destination_id=off.pk, is_active=True)
-        added = services.destination_create(
+        destinations.destination_update(actor=admin_user, destination_id=post.pk, is_active=False)
+        destinations.destination_update(actor=admin_user, destination_id=off.pk, is_active=True)
+        added = destinations.destination_create(
             actor=admin_user, account_id=account.pk, url=f"{sink.url}/added", http_method="PUT"
         )
 

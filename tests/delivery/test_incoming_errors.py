@@ -238,12 +238,12 @@ def test_redis_outage_at_the_destinations_lookup_is_unavailable(
 def test_unexpected_error_is_a_json_500(
     app_secret: str, nothing_written: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from delivery import services
+    from delivery import ingest
 
     def broken(**kwargs: Any) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(services, "event_ingest", broken)
+    monkeypatch.setattr(ingest, "event_ingest", broken)
     with nothing_written():
         response = Client(raise_request_exception=False).post(
             INCOMING, VALID, content_type="application/json", headers={"CL-X-TOKEN": app_secret}

@@ -10,7 +10,7 @@ from django.utils import timezone
 from huey import Huey, PriorityRedisHuey, SqliteHuey
 from huey.contrib.djhuey import HUEY
 
-from delivery import services, tasks
+from delivery import tasks
 from delivery.models import DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import due_log, sink_destination
@@ -74,7 +74,7 @@ def test_a_sweep_runs_before_the_backlog_of_deliveries_drains(
     processes.worker(workers=1, DELIVERY_SWEEP_GRACE_SECONDS="60")
     sink_destination(account, sink, "/slow/0.2")
     for n in range(BACKLOG):
-        services.event_ingest(account_id=account.pk, event_id=f"b-{n}", payload={"n": n}, size=8)
+        tasks.event_accept(account_id=account.pk, event_id=f"b-{n}", payload={"n": n}, size=8)
     processes.wait_until(lambda: len(sink.received()) >= 1, timeout=30, what="the first send")
     abandoned = due_log(
         sink_destination(account, sink, "/fast"),

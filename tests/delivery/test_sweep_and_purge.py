@@ -1,5 +1,5 @@
-"""The sweeper (services.logs_sweep) re-enqueues what the queue lost, and never sends a finished
-log again; retention (services.logs_purge) deletes old rows in batches and keeps recent ones.
+"""The sweeper (tasks.sweep_now) re-enqueues what the queue lost, and never sends a finished
+log again; retention (maintenance.logs_purge) deletes old rows in batches and keeps recent ones.
 Huey is immediate here: an enqueued delivery runs at once against the sink."""
 
 from datetime import timedelta
@@ -11,10 +11,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from delivery import services, tasks, transport
+from delivery import engine, maintenance, tasks, transport
 from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus
 from identity.models import Account
-from tests.delivery.conftest import due_log, sink_destination
+from tests.delivery.conftest import due_log, sink_destination, task_calls
 from tests.factories import make_account, make_destination, make_event, make_log
 from tests.sink import Sink
 
@@ -40,18 +40,21 @@ def test_sweep_reenqueues_overdue_and_abandoned_logs_only(
         # Its worker died mid-send: the lease (next_attempt_at) ran out.
         due_log(destination, status=LogStatus.SENDING, next_attempt_at=now - timedelta(seconds=1)),
     ]
+    # On a destination of their own: a lane woken for the lost ones would send them too.
+    other = sink_destination(account, sink, "/other")
     left_alone = [
-        due_log(destination, status=LogStatus.QUEUED, next_attempt_at=now),  # within grace
-        due_log(destination, status=LogStatus.RETRYING, next_attempt_at=ahead),  # not yet due
-        due_log(destination, status=LogStatus.SENDING, next_attempt_at=ahead),  # lease running
-        due_log(destination, status=LogStatus.SUCCESS, next_attempt_at=ago),
-        due_log(destination, status=LogStatus.FAILED, next_attempt_at=ago),
+        due_log(other, status=LogStatus.QUEUED, next_attempt_at=now),  # within grace
+        due_log(other, status=LogStatus.RETRYING, next_attempt_at=ahead),  # not yet due
+        due_log(other, status=LogStatus.SENDING, next_attempt_at=ahead),  # lease running
+        due_log(other, status=LogStatus.SUCCESS, next_attempt_at=ago),
+        due_log(other, status=LogStatus.FAILED, next_attempt_at=ago),
     ]
     before = statuses()
 
-    assert services.logs_sweep() == 3
+    assert tasks.sweep_now() == 3
 
-    assert sorted(task.args for task in enqueued) == sorted((log.pk,) for log in lost)
+    # One lane for the destination delivers all three.
+    assert task_calls(enqueued) == [(destination.pk, 0)]
     assert sink.webhook_ids() == dict.fromkeys(ids(lost), 1)
     after = statuses()
     assert {after[log.pk] for log in lost} == {LogStatus.SUCCESS}
@@ -69,15 +72,16 @@ def test_repeated_sweeps_never_send_a_finished_log_again(
     lost.append(due_log(destination, status=LogStatus.SENDING, next_attempt_at=ago))
     later = timezone.now() + timedelta(hours=1)
 
-    assert services.logs_sweep(now=later) == 4
-    assert services.logs_sweep(now=later) == 0
-    assert services.logs_sweep() == 0
+    assert tasks.sweep_now(now=later) == 4
+    assert tasks.sweep_now(now=later) == 0
+    assert tasks.sweep_now() == 0
     # The tasks the queue still held arrive late: the claim refuses them.
     for log in lost:
         tasks.deliver(log.pk)
 
     assert sink.webhook_ids() == dict.fromkeys(ids(lost), 1)
-    assert len(enqueued) == 4 + len(lost)
+    # One lane for the sweep; each late task wakes a lane that finds nothing due.
+    assert task_calls(enqueued) == [(destination.pk, 0)] * (1 + len(lost))
     assert set(statuses().values()) == {LogStatus.SUCCESS}
     # One attempt per send, and the abandoned send's lost try (outcome unknown) besides.
     assert DeliveryAttempt.objects.count() == 5
@@ -93,7 +97,7 @@ def test_sweep_with_the_clock_ahead_makes_abandoned_sends_due_at_once(
     destination = sink_destination(account, sink, "/status/500")
     log = due_log(destination, status=LogStatus.SENDING, next_attempt_at=timezone.now())
 
-    assert services.logs_sweep(now=timezone.now() + timedelta(minutes=10)) == 1
+    assert tasks.sweep_now(now=timezone.now() + timedelta(minutes=10)) == 1
 
     log.refresh_from_db()
     # The lost try and the 500 of the new one.
@@ -106,9 +110,12 @@ def test_sweep_respects_its_limit(account: Account, sink: Sink) -> None:
     ago = timezone.now() - timedelta(hours=1)
     for _ in range(5):
         due_log(destination, next_attempt_at=ago)
-    assert services.logs_sweep(limit=2) == 2
-    assert services.logs_sweep(limit=2) == 2
-    assert services.logs_sweep(limit=2) == 1
+    # Each sweep re-arms at most `limit` logs (and names their destination's lane).
+    assert [maintenance.logs_sweep(limit=2).count for _ in range(4)] == [2, 2, 1, 0]
+    assert sink.received() == []
+    # One lane then sends every due log of the destination.
+    assert tasks.sweep_now() == 0
+    tasks.wake_destinations([destination.pk])
     assert len(sink.received()) == 5
 
 
@@ -149,7 +156,7 @@ def test_purge_deletes_old_logs_attempts_and_orphan_events_in_batches(
     )
 
     with CaptureQueriesContext(connection) as queries:
-        counts = services.logs_purge(batch=2)
+        counts = maintenance.logs_purge(batch=2)
 
     assert counts == {"logs": 6, "attempts": 7, "events": 5}
     assert sorted(DeliveryLog.objects.values_list("pk", flat=True)) == sorted(
@@ -163,7 +170,7 @@ def test_purge_deletes_old_logs_attempts_and_orphan_events_in_batches(
         q["sql"] for q in queries if q["sql"].startswith('DELETE FROM "delivery_deliverylog"')
     ]
     assert len(log_deletes) == 3  # 6 old logs, 2 per batch
-    assert services.logs_purge(batch=2) == {"logs": 0, "attempts": 0, "events": 0}
+    assert maintenance.logs_purge(batch=2) == {"logs": 0, "attempts": 0, "events": 0}
 
 
 def test_a_send_that_outlives_its_lease_leaves_the_log_to_the_new_owner(
@@ -177,12 +184,12 @@ def test_a_send_that_outlives_its_lease_leaves_the_log_to_the_new_owner(
         # ...but the answer comes after the lease ran out: the sweeper took the log back and
         # another worker delivered it (immediate mode runs that task inline).
         monkeypatch.setattr(transport, "send", send)
-        assert services.logs_sweep(now=timezone.now() + timedelta(hours=1)) == 1
+        assert tasks.sweep_now(now=timezone.now() + timedelta(hours=1)) == 1
         return outcome
 
     monkeypatch.setattr(transport, "send", send_past_the_lease)
 
-    assert services.log_deliver(log_id=log.pk) is None
+    assert engine.deliver_log(log_id=log.pk) is None
 
     log.refresh_from_db()
     assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.SUCCESS, 2, 200)
@@ -206,9 +213,9 @@ def test_a_second_sweep_does_not_re_enqueue_what_the_first_just_took(
         next_attempt_at=timezone.now() - timedelta(hours=1)
     )
     with override_settings(DELIVERY_SWEEP_GRACE_SECONDS=60):
-        assert services.logs_sweep() == 1
-        assert services.logs_sweep() == 0
-    assert [task.args for task in enqueued] == [(log.pk,)]
+        assert tasks.sweep_now() == 1
+        assert tasks.sweep_now() == 0
+    assert task_calls(enqueued) == [(destination.pk, 0)]
 
 
 # --- A lease that expires records the lost try ----------------------------------------------
@@ -229,7 +236,7 @@ def test_sweeper_records_the_lost_try_of_an_expired_lease(
     lease_end = claimed_at + timedelta(seconds=20)
     DeliveryLog.objects.filter(pk=log.pk).update(updated_at=claimed_at, next_attempt_at=lease_end)
 
-    assert services.logs_sweep() == 1
+    assert tasks.sweep_now() == 1
 
     [lost] = DeliveryAttempt.objects.filter(log=log, number=1)
     assert (lost.status_code, lost.error_class, lost.error_message) == (
@@ -240,7 +247,7 @@ def test_sweeper_records_the_lost_try_of_an_expired_lease(
     assert (lost.started_at, lost.duration_ms) == (claimed_at, 20_000)
     assert (lost.response_headers, lost.response_body) == ({}, "")
     # Re-enqueued due at once; the new try (immediate mode) got the 503 and is retrying.
-    assert [task.args for task in enqueued][:1] == [(log.pk,)]
+    assert task_calls(enqueued)[:1] == [(destination.pk, 0)]
     log.refresh_from_db()
     assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.RETRYING, 2, 503)
     assert list(log.attempts.values_list("number", "status_code", "error_class")) == [
@@ -265,7 +272,7 @@ def test_a_lost_try_counts_against_the_retry_schedule(
         last_status_code=503,
     )
 
-    assert services.logs_sweep() == 0
+    assert tasks.sweep_now() == 0
 
     log.refresh_from_db()
     assert (log.status, log.attempt_count, log.next_attempt_at) == (LogStatus.FAILED, 2, None)
@@ -281,6 +288,6 @@ def test_a_lost_try_counts_against_the_retry_schedule(
 def test_sweeper_and_a_late_worker_never_both_record_the_try(account: Account, sink: Sink) -> None:
     # The worker recorded its outcome just before the sweep: the sweeper records nothing.
     log = due_log(sink_destination(account, sink))
-    assert services.log_deliver(log_id=log.pk) == LogStatus.SUCCESS
-    assert services.logs_sweep(now=timezone.now() + timedelta(hours=1)) == 0
+    assert engine.deliver_log(log_id=log.pk) == LogStatus.SUCCESS
+    assert tasks.sweep_now(now=timezone.now() + timedelta(hours=1)) == 0
     assert list(log.attempts.values_list("number", "status_code")) == [(1, 200)]

@@ -10,9 +10,9 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 
-from delivery import services, transport
+from delivery import destinations, policy, transport
 from delivery.models import Destination
-from delivery.services import retry_delay
+from delivery.policy import retry_delay
 from identity.models import Account, User
 
 
@@ -75,7 +75,7 @@ def test_private_destination_urls_are_refused_when_private_networks_are_off(
     admin_user: User, account: Account, url: str
 ) -> None:
     with pytest.raises(ValidationError) as refused:
-        services.destination_create(
+        destinations.destination_create(
             actor=admin_user, account_id=account.pk, url=url, http_method="POST"
         )
     assert refused.value.message_dict == {
@@ -138,9 +138,9 @@ def test_retry_delay_is_never_earlier_than_the_schedule() -> None:
 
 @override_settings(DELIVERY_RETRY_SCHEDULE=SCHEDULE, DELIVERY_RETRY_JITTER=0.1)
 def test_retry_delay_bounds_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(services.random, "random", lambda: 0.0)
+    monkeypatch.setattr(policy.random, "random", lambda: 0.0)
     assert retry_delay(2) == 30.0
-    monkeypatch.setattr(services.random, "random", lambda: 0.999999)
+    monkeypatch.setattr(policy.random, "random", lambda: 0.999999)
     assert retry_delay(2) == pytest.approx(33.0, abs=1e-3)
 
 
@@ -150,7 +150,7 @@ def test_retry_delay_bounds_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_retry_after_only_pushes_the_next_try_later_and_is_capped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(services.random, "random", lambda: 0.0)
+    monkeypatch.setattr(policy.random, "random", lambda: 0.0)
     assert retry_delay(1, retry_after=1.0) == 5.0
     assert retry_delay(1, retry_after=90.0) == 90.0
     assert retry_delay(1, retry_after=10_000.0) == 600.0

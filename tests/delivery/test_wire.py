@@ -17,7 +17,7 @@ import pytest
 from django.db.models import Count
 from django.utils import timezone
 
-from delivery import services
+from delivery import engine, tasks
 from delivery.models import DeliveryLog, Event, LogStatus
 from identity.models import Account
 from tests.conftest import GraphQL, Persona
@@ -34,7 +34,7 @@ RAW = (
 
 
 def deliver(log: DeliveryLog) -> DeliveryLog:
-    services.log_deliver(log_id=log.pk)
+    engine.deliver_log(log_id=log.pk)
     log.refresh_from_db()
     return log
 
@@ -82,7 +82,7 @@ def test_every_body_method_sends_the_bytes_received_and_signs_them(
     account: Account, sink: Sink, method: str
 ) -> None:
     destination = sink_destination(account, sink, "/hook", http_method=method)
-    result = services.event_ingest(
+    result = tasks.event_accept(
         account_id=account.pk, event_id="raw", payload={"zeta": 1}, size=len(RAW), body=RAW
     )
     assert result.deliveries == 1
@@ -98,7 +98,7 @@ def test_every_body_method_sends_the_bytes_received_and_signs_them(
 def test_a_body_in_utf16_is_sent_as_the_same_text_in_utf8(account: Account, sink: Sink) -> None:
     destination = sink_destination(account, sink)
     text = '{"b": 1,  "a": "é"}'
-    services.event_ingest(
+    tasks.event_accept(
         account_id=account.pk,
         event_id="utf16",
         payload={"b": 1, "a": "é"},
@@ -132,7 +132,7 @@ def test_event_stored_without_its_body_falls_back_to_compact_json(
 
 def test_get_sends_the_keys_in_the_order_received(account: Account, sink: Sink) -> None:
     destination = sink_destination(account, sink, "/get", http_method="GET")
-    services.event_ingest(
+    tasks.event_accept(
         account_id=account.pk,
         event_id="get-order",
         payload={"zz": "1", "a": "2", "mm": [1]},
@@ -168,7 +168,7 @@ def test_webhook_id_is_random_unique_and_not_the_database_id(account: Account, s
     for path in ("/a", "/b", "/c"):
         sink_destination(account, sink, path)
     for n in range(3):
-        services.event_ingest(account_id=account.pk, event_id=f"id-{n}", payload={}, size=2)
+        tasks.event_accept(account_id=account.pk, event_id=f"id-{n}", payload={}, size=2)
     logs = list(DeliveryLog.objects.all())
     assert len(logs) == 9
     ids = [log.webhook_id for log in logs]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.db import OperationalError
 
-from delivery import services
+from delivery import destinations
 from delivery.models import Destination
 from identity import services as identity_services
 from identity.models import Account
@@ -53,7 +53,7 @@ def test_destination_delete_retries_a_lost_deadlock_once(
 ) -> None:
     destination = sink_destination(account, sink)
     monkeypatch.setattr(
-        services, "_destination_delete", losing(losses, services._destination_delete)
+        destinations, "_destination_delete", losing(losses, destinations._destination_delete)
     )
     body = gql(DESTINATION_DELETE, {"id": str(destination.pk)}, persona=admin)
     payload = body["data"]["destinationDelete"]

@@ -19,7 +19,7 @@ import requests
 from django.db import connection
 from django.utils import timezone
 
-from delivery import services
+from delivery import destinations
 from delivery.models import DeliveryLog, Destination, Event
 from identity import services as identity_services
 from identity.models import Account
@@ -118,7 +118,7 @@ def test_destination_delete_during_a_burst_succeeds_and_every_ingest_lands(
     _backlog(account, [kept, doomed])
     with Burst(service.url, app_secret) as burst:
         burst.wait_for_accepted(50)
-        services.destination_delete(actor=admin.user, destination_id=doomed.pk)
+        destinations.destination_delete(actor=admin.user, destination_id=doomed.pk)
         accepted_at_delete = burst.statuses[202]
         burst.wait_for_accepted(accepted_at_delete + 4 * SENDERS)
     assert set(burst.statuses) == {202}, (burst.statuses, burst.bodies[:3])

@@ -5,7 +5,7 @@ is tests/delivery/test_crash.py.)"""
 
 import signal
 
-from delivery import services
+from delivery import tasks
 from delivery.models import DeliveryAttempt, DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import sink_destination
@@ -22,14 +22,15 @@ SEND_SECONDS = 2
 def test_sigterm_lets_in_flight_deliveries_finish(
     processes: Processes, sink: Sink, account: Account
 ) -> None:
-    sink_destination(account, sink, f"/slow/{SEND_SECONDS}")
+    # One destination per thread: a destination's deliveries go one at a time (its lane).
+    for _ in range(THREADS):
+        sink_destination(account, sink, f"/slow/{SEND_SECONDS}")
     worker = processes.worker(
         workers=THREADS,
         args=["--graceful-signal", "TERM", "--shutdown-timeout", "30"],
         DELIVERY_READ_TIMEOUT="10",
     )
-    for n in range(THREADS):
-        services.event_ingest(account_id=account.pk, event_id=f"term-{n}", payload={"n": n}, size=8)
+    tasks.event_accept(account_id=account.pk, event_id="term", payload={"n": 1}, size=8)
     # Every thread is waiting for the sink's answer.
     sink.wait_for(lambda: len(sink.received()) == THREADS, timeout=30)
     assert set(DeliveryLog.objects.values_list("status", flat=True)) == {LogStatus.SENDING}

@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from delivery import services
+from delivery import destinations
 from delivery.models import DeliveryLog, LogStatus
 from identity.models import Account, User
 from tests.conftest import Persona
@@ -55,8 +55,8 @@ def test_slow_destination_does_not_hold_up_other_deliveries(
     assert post_event(session, server.url, app_secret, "slow-1", {"n": 0}).status_code == 202
     sink.wait_for(lambda: len(sink.received("/slow/30")) == 1, timeout=30)
     # From now on the account's events go to a fast destination of its own.
-    services.destination_update(actor=admin.user, destination_id=slow.pk, is_active=False)
-    services.destination_create(
+    destinations.destination_update(actor=admin.user, destination_id=slow.pk, is_active=False)
+    destinations.destination_create(
         actor=admin.user, account_id=account.pk, url=f"{sink.url}/hook/same", http_method="POST"
     )
 

@@ -15,7 +15,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from delivery import services
+from delivery import tasks
 from delivery.models import DeliveryAttempt, DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import sink_destination
@@ -46,7 +46,7 @@ def test_connection_dropped_mid_delivery_is_retried_not_stuck(
 ) -> None:
     destination = sink_destination(account, sink, f"/slow/{SEND_SECONDS}")
     worker = processes.worker(workers=2, **WORKER_ENV)
-    services.event_ingest(account_id=account.pk, event_id="cut-1", payload={"n": 1}, size=8)
+    tasks.event_accept(account_id=account.pk, event_id="cut-1", payload={"n": 1}, size=8)
     [log] = DeliveryLog.objects.filter(destination=destination)
 
     # The worker is waiting for the sink's answer: its database connection is idle.
@@ -71,7 +71,7 @@ def test_connection_dropped_mid_delivery_is_retried_not_stuck(
         lambda: timezone.now() > lease_end, timeout=30, what="the lease to run out"
     )
     with override_settings(DELIVERY_SWEEP_GRACE_SECONDS=1):
-        assert services.logs_sweep() == 1
+        assert tasks.sweep_now() == 1
     started = time.monotonic()
     processes.wait_until(
         lambda: DeliveryLog.objects.get(pk=log.pk).status == LogStatus.SUCCESS,
@@ -88,7 +88,7 @@ def test_connection_dropped_mid_delivery_is_retried_not_stuck(
     first, second = sink.received()
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == log.webhook_id
     # The worker recovered its connection by itself: it keeps delivering.
-    services.event_ingest(account_id=account.pk, event_id="cut-2", payload={"n": 2}, size=8)
+    tasks.event_accept(account_id=account.pk, event_id="cut-2", payload={"n": 2}, size=8)
     processes.wait_until(
         lambda: DeliveryLog.objects.filter(
             event__event_id="cut-2", status=LogStatus.SUCCESS

@@ -19,7 +19,7 @@ from django.test import override_settings
 from huey import PriorityRedisHuey
 from huey.contrib.djhuey import HUEY
 
-from delivery import services
+from delivery import tasks
 from delivery.models import DeliveryLog, Event, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import sink_destination
@@ -114,7 +114,7 @@ def test_redis_restart_during_a_burst_loses_no_accepted_event(
 
     # One sweep, as the workers' periodic sweep would do (with their 1 s grace).
     with queue_on(private_redis.url), override_settings(DELIVERY_SWEEP_GRACE_SECONDS=1):
-        swept = services.logs_sweep()
+        swept = tasks.sweep_now()
     processes.wait_until(
         lambda: DeliveryLog.objects.filter(status=LogStatus.SUCCESS).count() == len(accepted),
         timeout=60,
@@ -133,7 +133,8 @@ def test_redis_restart_during_a_burst_loses_no_accepted_event(
         f"{sum(counts.values())} requests at the sink for {len(counts)} deliveries"
     )
     assert undelivered_at_crash > 0
-    assert lost > 0, "no task was lost with Redis: the sweeper was not needed"
+    # `lost` may be 0: a lane woken by an event accepted after the restart delivers its
+    # destination's whole backlog, the deliveries whose tasks died with Redis included.
     assert swept >= lost
     assert set(counts) == expected  # every accepted event arrived, and nothing else
     assert max(counts.values()) == 1  # and once: the lost tasks had never run

@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from delivery import services
+from delivery import destinations, tasks
 from delivery.models import DeliveryLog, Destination
 from identity import services as identity_services
 from identity.auth import token_issue
@@ -47,7 +47,7 @@ def _fast_recheck(settings: Any) -> None:
 @pytest.fixture
 def destination(admin: Persona, sink: Sink) -> Destination:
     assert admin.user is not None
-    return services.destination_create(
+    return destinations.destination_create(
         actor=admin.user,
         account_id=admin.user.memberships.get().account_id,
         url=f"{sink.url}/a",
@@ -56,7 +56,7 @@ def destination(admin: Persona, sink: Sink) -> Destination:
 
 
 def ingest(account_id: Any) -> Any:
-    return services.event_ingest(account_id=account_id, event_id=None, payload={"n": 1}, size=8)
+    return tasks.event_accept(account_id=account_id, event_id=None, payload={"n": 1}, size=8)
 
 
 async def opened(persona: Persona, ws_clients: Any) -> WSClient:
@@ -238,7 +238,7 @@ async def test_losing_one_account_keeps_the_stream_of_the_others(
     assert admin.user is not None
     second, _ = await sync_to_async(make_account)(admin=admin.user, name="Second")
     await sync_to_async(add_member)(second, normal_user.user)
-    await sync_to_async(services.destination_create)(
+    await sync_to_async(destinations.destination_create)(
         actor=admin.user, account_id=second.pk, url=f"{sink.url}/b", http_method="POST"
     )
     client = await opened(normal_user, ws_clients)

@@ -7,7 +7,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from delivery import services
+from delivery import destinations as destination_services
+from delivery import tasks
 from delivery.models import DeliveryLog, Destination
 from identity.models import Membership
 from tests.conftest import Persona
@@ -27,7 +28,7 @@ subscription ($accountId: ID, $filters: LogUpdateFilter, $since: DateTime) {
 @pytest.fixture
 def destinations(admin: Persona, sink: Sink) -> list[Destination]:
     return [
-        services.destination_create(
+        destination_services.destination_create(
             actor=admin.user,
             account_id=admin.user.memberships.get().account_id,
             url=f"{sink.url}/{name}",
@@ -38,7 +39,7 @@ def destinations(admin: Persona, sink: Sink) -> list[Destination]:
 
 
 def ingest(account_id: Any, event_id: str | None = None) -> Any:
-    return services.event_ingest(account_id=account_id, event_id=event_id, payload={"n": 1}, size=8)
+    return tasks.event_accept(account_id=account_id, event_id=event_id, payload={"n": 1}, size=8)
 
 
 async def collect(client: Any, count: int) -> list[tuple[str, str]]:

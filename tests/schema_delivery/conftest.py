@@ -1,8 +1,8 @@
-"""Fixtures of the delivery GraphQL tests. No test here sends HTTP: `_dispatch` (enqueue +
-publish, run after commit) is replaced by a recorder, so a test can assert exactly what would
-have been enqueued."""
+"""Fixtures of the delivery GraphQL tests. No test here sends HTTP: `tasks.wake_destinations`
+(what a mutation enqueues) is replaced by a recorder, so a test can assert exactly which lanes
+would have been woken."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -10,25 +10,26 @@ from typing import Any
 
 import pytest
 
-from delivery import services
+from delivery import tasks
 from delivery.models import DeliveryLog, Destination, Event
 from identity.models import Account
 from tests.conftest import Persona
 from tests.factories import make_attempt, make_destination, make_event, make_log
 
 
-class Dispatched(list[list[int]]):
-    """The log ids of each `_dispatch` call, in order."""
+class Dispatched(list[list[int | None]]):
+    """The destination ids of each `tasks.wake_destinations` call that named any, in order."""
 
 
 @pytest.fixture(autouse=True)
 def dispatched(monkeypatch: pytest.MonkeyPatch) -> Dispatched:
     calls = Dispatched()
 
-    def record(logs: list[DeliveryLog], *, eta: object = None) -> None:
-        calls.append([log.pk for log in logs])
+    def record(destination_ids: Iterable[int | None]) -> None:
+        if ids := list(destination_ids):
+            calls.append(ids)
 
-    monkeypatch.setattr(services, "_dispatch", record)
+    monkeypatch.setattr(tasks, "wake_destinations", record)
     return calls
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from delivery import services
+from delivery import tasks
 from delivery.models import DeliveryLog
 from tests.conftest import GraphQL, Persona
 from tests.schema_delivery.conftest import Dispatched, World
@@ -25,7 +25,7 @@ from tests.schema_delivery.helpers import (
 )
 
 PERSONAS = ["admin", "normal_user", "outsider", "anonymous"]
-_real_dispatch = services._dispatch  # before the autouse recorder replaces it
+_real_wake = tasks.wake_destinations  # before the autouse recorder replaces it
 AfterCommit = Callable[[], AbstractContextManager[list[Any]]]
 
 RETRY = f"""mutation ($id: ID!) {{ logRetry(id: $id) {{ __typename
@@ -73,7 +73,7 @@ def test_log_retry_role_matrix(
         }
         # The retry schedule starts over from the attempts made so far.
         assert (log.status, log.schedule_offset) == ("queued", 1)
-        assert dispatched == [[log.pk]]
+        assert dispatched == [[log.destination_id]]
         return
     payload = {
         "normal_user": PERMISSION_DENIED,
@@ -103,7 +103,7 @@ def test_log_retry_redelivers_any_status_but_sending(
 
     assert body["data"]["logRetry"]["status"] == "QUEUED"
     assert DeliveryLog.objects.get(pk=log.pk).status == "queued"
-    assert dispatched == [[log.pk]]
+    assert dispatched == [[log.destination_id]]
 
 
 def test_log_retry_of_a_log_being_sent_is_not_retryable(
@@ -138,18 +138,16 @@ def test_log_retry_delivers_through_the_queue(
     after_commit: AfterCommit,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without the recorder: the after-commit dispatch enqueues the delivery task (Huey runs
-    it inline in tests) with the log's id."""
-    from delivery import tasks
-
-    enqueued: list[int] = []
-    monkeypatch.setattr(services, "_dispatch", _real_dispatch)
-    monkeypatch.setattr(tasks, "deliver", enqueued.append)
+    """Without the recorder: the retry enqueues a lane task for the log's destination (Huey
+    runs it inline in tests)."""
+    enqueued: list[tuple[int, int]] = []
+    monkeypatch.setattr(tasks, "wake_destinations", _real_wake)
+    monkeypatch.setattr(tasks, "lane", lambda *args: enqueued.append(args))
 
     with after_commit():
         gql(RETRY, {"id": str(world.logs["a"].pk)}, persona=admin)
 
-    assert enqueued == [world.logs["a"].pk]
+    assert enqueued == [(world.logs["a"].destination_id, 0)]
 
 
 # --- logsRetryFailed -------------------------------------------------------------------------
@@ -180,8 +178,8 @@ def test_logs_retry_failed_role_matrix(
     assert _statuses(world) == {
         name: "queued" if name in requeued else status for name, status in statuses.items()
     }
-    assert sorted(pk for call in dispatched for pk in call) == sorted(
-        world.logs[name].pk for name in requeued
+    assert sorted(d or 0 for call in dispatched for d in call) == sorted(
+        world.logs[name].destination_id or 0 for name in requeued
     )
     if not requeued:
         # A normal user administers nothing: nothing is written or scheduled.
@@ -198,7 +196,7 @@ def test_logs_retry_failed_by_filter(
     assert body["data"]["logsRetryFailed"]["count"] == 1
     assert _statuses(world)["b"] == "queued"
     assert _statuses(world)["f"] == "failed"
-    assert dispatched == [[world.logs["b"].pk]]
+    assert dispatched == [[world.logs["b"].destination_id]]
 
 
 def test_logs_retry_failed_ignores_the_status_filter(
@@ -218,7 +216,9 @@ def test_logs_retry_failed_ignores_the_status_filter(
         "f": "queued",
         "g": "failed",
     }
-    assert sorted(dispatched[0]) == sorted([world.logs["b"].pk, world.logs["f"].pk])
+    assert sorted(d or 0 for d in dispatched[0]) == sorted(
+        [world.logs["b"].destination_id or 0, world.logs["f"].destination_id or 0]
+    )
 
 
 @pytest.mark.parametrize("persona", ["admin", "normal_user"])

@@ -17,7 +17,7 @@ import pytest
 import urllib3.util.connection
 from django.test import override_settings
 
-from delivery import services, transport
+from delivery import engine, transport
 from delivery.models import DeliveryAttempt, Destination, LogStatus
 from identity.models import Account
 from tests.conftest import GraphQL, Persona
@@ -202,7 +202,7 @@ def test_delivery_to_a_stored_blocked_host_fails_without_a_request(
     )
     log = due_log(destination)
 
-    assert services.log_deliver(log_id=log.pk) == LogStatus.FAILED
+    assert engine.deliver_log(log_id=log.pk) == LogStatus.FAILED
 
     log.refresh_from_db()
     assert (log.status, log.attempt_count, log.last_status_code) == (LogStatus.FAILED, 1, None)
@@ -272,7 +272,7 @@ def test_delivery_to_a_stored_url_parsers_read_differently_fails_without_a_reque
     )
     log = due_log(destination)
 
-    assert services.log_deliver(log_id=log.pk) == LogStatus.FAILED
+    assert engine.deliver_log(log_id=log.pk) == LogStatus.FAILED
 
     log.refresh_from_db()
     assert (log.status, log.attempt_count, log.last_error) == (LogStatus.FAILED, 1, message)
@@ -307,7 +307,7 @@ def test_the_host_checked_is_the_host_connected_to(
             http_method="POST",
             signing_secret="whsec_" + "A" * 44,
         )
-        assert services.log_deliver(log_id=due_log(destination).pk) == LogStatus.RETRYING
+        assert engine.deliver_log(log_id=due_log(destination).pk) == LogStatus.RETRYING
     finally:
         del FAKE_DNS["xn--bcher-kva.example."]
 

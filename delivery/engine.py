@@ -1,0 +1,284 @@
+"""The delivery engine: lanes.
+
+A lane is one destination. A lane run claims the destination's due logs in batches
+(outbox.claim), sends them in order over the thread's keep-alive session, writes their results
+in bulk (outbox.record, one transaction per group) and goes on while due work remains, for at
+most DELIVERY_LANE_SLICE_SECONDS; then the task layer runs it again at the back of the queue,
+so a busy destination cannot starve the others.
+
+Lane slots live in the cache (Redis in production, shared by every worker process): at most
+`policy.max_in_flight(destination)` lanes of one destination run at once, so a hanging
+destination holds at most that many worker threads. A destination's first send goes out
+alone; one slower than DELIVERY_SLOW_SECONDS marks it slow (shared): its lanes give back the
+unsent rest of the batch and claim one log at a time, and at most DELIVERY_SLOW_LANES of them
+run at once in one worker process — the others wait outside the worker threads (deferred,
+their logs keep their place and their retry budget), so healthy destinations find a free
+thread. (Destinations that hang on their very first send hold a thread each for one read
+timeout before they are known to be slow.)
+
+Nothing here enqueues: a run returns what must follow (run again, later, on more slots, or a
+wake when the next retry falls due) and delivery/tasks.py schedules it."""
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from delivery import outbox, policy, transport
+from delivery.models import DeliveryLog, Destination, LogStatus
+
+logger = logging.getLogger(__name__)
+
+INACTIVE = "Destination is inactive."
+DELETED = "Destination deleted."
+FLUSH_SECONDS = 0.25  # results of a batch are written at least this often
+WAKE_SECONDS = 2  # an account's wake flag: new events enqueue one wake per this long, at most
+
+
+@dataclass
+class LaneRun:
+    """What a lane run did, and what must follow it."""
+
+    sent: int = 0
+    again: bool = False  # its time slice ended with work left: run again (slot kept)
+    deferred: bool = False  # slow destination, no slow-lane room here: run later (slot kept)
+    spawn: list[int] = field(default_factory=list)  # more slots taken: run a lane on each
+    wake_at: datetime | None = None  # slot released; the next retry falls due then
+
+
+# --- Shared state in the cache ---------------------------------------------------------------
+
+
+def _slot_key(destination_id: int, slot: int) -> str:
+    return f"lane:{destination_id}:{slot}"
+
+
+def _slot_seconds() -> int:
+    # A lane that dies (killed worker) frees its slot when its claims' lease would end.
+    return int(policy.lease().total_seconds()) + 1
+
+
+def take_slot(destination_id: int, slot: int) -> bool:
+    return bool(cache.add(_slot_key(destination_id, slot), 1, timeout=_slot_seconds()))
+
+
+def free_slot(destination_id: int, slot: int) -> None:
+    cache.delete(_slot_key(destination_id, slot))
+
+
+def free_lanes(destination_ids: Iterable[int]) -> None:
+    """Free every lane slot of the destinations: their claims outlived the lease, so the lanes
+    that held them are dead or stuck (a stuck one finds its results refused)."""
+    keys = [
+        _slot_key(destination.pk, slot)
+        for destination in Destination.objects.filter(pk__in=list(destination_ids))
+        for slot in range(policy.max_in_flight(destination))
+    ]
+    if keys:
+        cache.delete_many(keys)
+
+
+def lanes_to_start(destination_ids: Iterable[int]) -> list[int]:
+    """The destinations whose first lane slot was free and is now taken: a lane must be run
+    for each. A destination whose lane is running is left to it (a run looks for due work
+    again after releasing its slot, so nothing committed before this call is missed)."""
+    return [d for d in dict.fromkeys(destination_ids) if take_slot(d, 0)]
+
+
+def wake_flag(account_id: uuid.UUID | str) -> bool:
+    """Whether a wake of `account_id`'s lanes must be enqueued: one per WAKE_SECONDS at most
+    while one is pending (the wake clears the flag before it looks at the lanes)."""
+    return bool(cache.add(f"wake:{account_id}", 1, timeout=WAKE_SECONDS))
+
+
+def clear_wake_flag(account_id: uuid.UUID | str) -> None:
+    cache.delete(f"wake:{account_id}")
+
+
+def wake_later(destination_id: int, at: datetime) -> bool:
+    """Whether a wake of the destination's lane at `at` must be scheduled: not when one at
+    or before `at` is pending already."""
+    key = f"wake-at:{destination_id}"
+    pending = cache.get(key)
+    if pending is not None and pending <= at.timestamp():
+        return False
+    ttl = max(1, int((at - timezone.now()).total_seconds()) + 1)
+    cache.set(key, at.timestamp(), timeout=ttl)
+    return True
+
+
+def _pace_key(destination_id: int) -> str:
+    return f"pace:{destination_id}"
+
+
+# A destination's pace, shared: SLOW after a send slower than DELIVERY_SLOW_SECONDS, FAST after
+# a batch without one; unknown (no entry) until its first send, which goes out alone, so that
+# a destination that hangs never holds a whole batch `sending` behind its first request.
+FAST, SLOW = "fast", "slow"
+PACE_SECONDS = 600
+
+
+class _SlowLanes:
+    """Lanes of slow destinations running in this process, at most DELIVERY_SLOW_LANES."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.running >= settings.DELIVERY_SLOW_LANES:
+                return False
+            self.running += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+slow_lanes = _SlowLanes()
+
+
+# --- Lanes -----------------------------------------------------------------------------------
+
+
+def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
+    """Deliver the destination's due logs, holding lane slot `slot` (taken by the caller, see
+    `lanes_to_start`), until none is due or the time slice ends. Statements per batch: two to
+    claim, three per group of results (lock check, bulk update, bulk insert of attempts)."""
+    run = LaneRun()
+    holding = True
+    in_slow_lane = False
+    try:
+        destination = Destination.objects.filter(pk=destination_id).first()
+        if destination is None:
+            return run  # its waiting logs failed when it was deleted
+        pace = cache.get(_pace_key(destination_id))
+        slow = pace == SLOW
+        deadline = time.monotonic() + settings.DELIVERY_LANE_SLICE_SECONDS
+        while True:
+            if slow and not in_slow_lane:
+                in_slow_lane = slow_lanes.enter()
+                if not in_slow_lane:
+                    cache.touch(_slot_key(destination_id, slot), _slot_seconds())
+                    run.deferred = True
+                    return run
+            batch = outbox.claim(
+                destination_id=destination_id, limit=policy.batch_size(slow=pace != FAST)
+            )
+            if batch is None:
+                free_slot(destination_id, slot)
+                holding = False
+                due = outbox.next_due(destination_id)
+                if due is not None and due <= timezone.now() and take_slot(destination_id, slot):
+                    holding = True  # committed after our last claim, before the release
+                    continue
+                run.wake_at = due if due is not None and due > timezone.now() else None
+                return run
+            cache.touch(_slot_key(destination_id, slot), _slot_seconds())
+            if not destination.is_active:
+                outbox.record(
+                    [
+                        outbox.Result(log, LogStatus.FAILED, None, error=INACTIVE)
+                        for log in batch.logs
+                    ],
+                    lease=batch.lease,
+                )
+                continue
+            slow = _send_batch(destination, batch, run)
+            if pace != (new_pace := SLOW if slow else FAST):
+                _set_pace(destination_id, new_pace)
+                pace = new_pace
+                if not slow and in_slow_lane:
+                    slow_lanes.leave()
+                    in_slow_lane = False
+            elif slot == 0 and len(batch.logs) == policy.batch_size(slow=False):
+                run.spawn += [
+                    extra
+                    for extra in range(1, policy.max_in_flight(destination))
+                    if take_slot(destination_id, extra)
+                ]
+            if time.monotonic() >= deadline:
+                run.again = True
+                return run
+    finally:
+        if in_slow_lane:
+            slow_lanes.leave()
+        if holding and not (run.again or run.deferred):
+            free_slot(destination_id, slot)
+
+
+def _set_pace(destination_id: int, pace: str) -> None:
+    if pace == SLOW:
+        logger.info("Destination %s answers slowly: one delivery at a time", destination_id)
+    cache.set(_pace_key(destination_id), pace, timeout=PACE_SECONDS)
+
+
+def _send_batch(destination: Destination, batch: outbox.Claim, run: LaneRun) -> bool:
+    """Send the claimed logs in order, recording results at least every FLUSH_SECONDS. Stops
+    at the first slow send, gives the rest back, and returns True then."""
+    pending: list[outbox.Result] = []
+    flushed = time.monotonic()
+    for index, log in enumerate(batch.logs):
+        outcome = _send(destination, log)
+        pending.append(outbox.result_of(log, outcome))
+        run.sent += 1
+        if outcome.duration_ms >= settings.DELIVERY_SLOW_SECONDS * 1000:
+            outbox.record(pending, lease=batch.lease)
+            outbox.give_back(batch, batch.logs[index + 1 :])
+            return True
+        if time.monotonic() - flushed >= FLUSH_SECONDS:
+            outbox.record(pending, lease=batch.lease)
+            pending, flushed = [], time.monotonic()
+    if pending:
+        outbox.record(pending, lease=batch.lease)
+    return False
+
+
+def _send(destination: Destination, log: DeliveryLog) -> transport.Outcome:
+    try:
+        return transport.send(
+            url=destination.url,
+            method=destination.http_method,
+            headers=destination.headers,
+            payload=log.event.payload,
+            body=log.event.body,
+            webhook_id=log.webhook_id,
+            secret=destination.signing_secret,
+        )
+    except Exception as error:
+        # send() itself does not raise; reading the destination's fields or a bug may. The try
+        # is recorded as a transient failure, so the retry schedule bounds it: a log never
+        # stays `sending` for the sweeper to send again and again.
+        logger.exception("Log %s: the send raised; recorded as a transient failure", log.pk)
+        return transport.Outcome.failure(transport.Kind.TRANSIENT, 0, error)
+
+
+def deliver_log(log_id: int) -> str | None:
+    """Send one log once, now, if it is due and nobody holds it (outside any lane). Returns the
+    status this try ended in, or None when the log was not claimable (already done, held, or
+    not yet due) — so running it twice never sends twice — or when the send outlived its lease
+    and the sweeper took the log back (it recorded this try as a lost one)."""
+    batch = outbox.claim(log_id=log_id)
+    if batch is None:
+        return None
+    (log,) = batch.logs
+    destination = (
+        None
+        if log.destination_id is None
+        else Destination.objects.filter(pk=log.destination_id).first()
+    )
+    if destination is None or not destination.is_active:
+        reason = DELETED if destination is None else INACTIVE
+        result = outbox.Result(log, LogStatus.FAILED, None, error=reason)
+    else:
+        result = outbox.result_of(log, _send(destination, log))
+    return str(result.status) if outbox.record([result], lease=batch.lease) else None

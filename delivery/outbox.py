@@ -1,0 +1,362 @@
+"""The delivery log's state machine: every status change of a `DeliveryLog` is one of these
+functions, and each works on a batch of logs with a constant number of statements.
+
+    queued/retrying --claim--> sending --record--> success | retrying | failed
+    sending --give_back--> queued/retrying (unsent rest of a batch, as it was)
+    sending (lease ended) --take_back--> retrying | failed (the lost try recorded)
+    failed/success/retrying/queued --requeue--> queued (manual retry; schedule restarts)
+
+A claim holds a lease (`next_attempt_at` of a `sending` log is its end); every later write of
+the claimed logs is conditional on that lease, so a claim the sweeper took back is never
+overwritten. Changes are published to live subscribers after commit. Nothing here enqueues:
+callers get back what changed and the task layer schedules what follows."""
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Min
+from django.utils import timezone
+
+from delivery import live, policy, selectors, transport
+from delivery.errors import DeliveryErrorCode
+from delivery.models import UNSTORABLE_TEXT, DeliveryAttempt, DeliveryLog, LogStatus
+from identity.errors import NotFound, invalid
+from identity.permissions import Action, Actor, account_ids, check, require_user
+
+logger = logging.getLogger(__name__)
+
+DUE = (LogStatus.QUEUED, LogStatus.RETRYING)
+LOST_TRY_CLASS = "OutcomeUnknown"
+LOST_TRY_MESSAGE = (
+    "The worker stopped before recording this try's outcome "
+    "(the request may have reached the destination)."
+)
+_RESULT_FIELDS = [
+    "status",
+    "attempt_count",
+    "last_status_code",
+    "last_error",
+    "processed_timestamp",
+    "next_attempt_at",
+    "updated_at",
+]
+
+
+@dataclass
+class Claim:
+    """Logs marked `sending` under one lease, in the order they are to be sent, each with its
+    event loaded. `before` keeps each log's status and due time before the claim."""
+
+    lease: datetime
+    logs: list[DeliveryLog]
+    before: dict[int, tuple[str, datetime | None]]
+
+
+def claim(
+    *, destination_id: int | None = None, log_id: int | None = None, limit: int = 1
+) -> Claim | None:
+    """Claim up to `limit` due logs of a destination (oldest due first), or the one log
+    `log_id` if it is due (within a second: the sweeper's clock may run ahead). Two
+    statements: the due rows locked (`SKIP LOCKED` on PostgreSQL: concurrent lanes take
+    different rows; SQLite's IMMEDIATE transactions serialise claims), then marked
+    `sending`. Publishes `sending`. None when nothing was due."""
+    now = timezone.now()
+    rows = DeliveryLog.objects.select_for_update(skip_locked=True, of=("self",)).select_related(
+        "event"
+    )
+    if log_id is not None:
+        rows = rows.filter(pk=log_id, next_attempt_at__lte=now + timedelta(seconds=1))
+    else:
+        assert destination_id is not None
+        rows = rows.filter(destination_id=destination_id, next_attempt_at__lte=now)
+    lease = now + policy.lease()
+    with transaction.atomic():
+        logs = list(rows.filter(status__in=DUE).order_by("next_attempt_at", "id")[:limit])
+        if not logs:
+            return None
+        DeliveryLog.objects.filter(pk__in=[log.pk for log in logs]).update(
+            status=LogStatus.SENDING, next_attempt_at=lease, updated_at=now
+        )
+        before = {log.pk: (log.status, log.next_attempt_at) for log in logs}
+        for log in logs:
+            log.status, log.next_attempt_at, log.updated_at = LogStatus.SENDING, lease, now
+        if logs:
+            transaction.on_commit(lambda: live.publish(logs))
+    return Claim(lease, logs, before)
+
+
+def give_back(held: Claim, logs: Sequence[DeliveryLog]) -> None:
+    """Return claimed logs that were not sent to the status and due time they had: the lane
+    stops early (a slow destination), they keep their place and their retry budget."""
+    if not logs:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        mine = set(
+            DeliveryLog.objects.select_for_update()
+            .filter(
+                pk__in=[log.pk for log in logs],
+                status=LogStatus.SENDING,
+                next_attempt_at=held.lease,
+            )
+            .values_list("pk", flat=True)
+        )
+        back = [log for log in logs if log.pk in mine]
+        for log in back:
+            log.status, log.next_attempt_at = held.before[log.pk]
+            log.updated_at = now
+        DeliveryLog.objects.bulk_update(back, ["status", "next_attempt_at", "updated_at"])
+        if back:
+            transaction.on_commit(lambda: live.publish(back))
+
+
+@dataclass
+class Result:
+    """The end of one claimed log's try: its next status and, for `retrying`, the delay; the
+    outcome of the request (None when no request was made, `error` then says why)."""
+
+    log: DeliveryLog
+    status: LogStatus
+    outcome: transport.Outcome | None
+    delay: float | None = None
+    error: str = ""
+
+
+def result_of(log: DeliveryLog, outcome: transport.Outcome) -> Result:
+    """What a try's outcome means for its log: success; a transient failure retries while the
+    schedule (restarted by a manual retry) allows; anything else fails."""
+    if outcome.kind is transport.Kind.SUCCESS:
+        return Result(log, LogStatus.SUCCESS, outcome)
+    delay = None
+    if outcome.kind is transport.Kind.TRANSIENT:
+        delay = policy.retry_delay(log.attempt_count + 1 - log.schedule_offset, outcome.retry_after)
+    if delay is None:
+        return Result(log, LogStatus.FAILED, outcome)
+    return Result(log, LogStatus.RETRYING, outcome, delay=delay)
+
+
+def record(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
+    """Write the end of claimed tries: new statuses and due times (one bulk statement) and an
+    attempt per request made (one bulk insert), in one transaction; publish after commit.
+    Returns the logs written: a log whose claim was taken back meanwhile (its lease ran out,
+    the sweeper recorded the try as lost) is left as the sweeper wrote it.
+
+    What receivers sent is stored with NUL and unpaired surrogates replaced by U+FFFD. Should
+    a write fail even so, each try is written on its own, and one that still fails is written
+    without the answer's headers and body, its error saying why: no try leaves its log
+    `sending`. A database that cannot be reached raises: leases and the sweeper take over."""
+    try:
+        return _record(results, lease=lease)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as failure:
+        if len(results) > 1:
+            return [log for result in results for log in record([result], lease=lease)]
+        (result,) = results
+        logger.exception(
+            "Log %s: its %s try could not be stored as it is", result.log.pk, result.status
+        )
+        note = f"the answer could not be stored: {type(failure).__name__}"
+        outcome = result.outcome
+        if outcome is not None:
+            message = f"{outcome.error_message} ({note})" if outcome.error_message else note
+            outcome = replace(outcome, headers={}, body="", error_message=message)
+        error = f"{result.error} ({note})" if result.error else note
+        return _record([replace(result, outcome=outcome, error=error)], lease=lease)
+
+
+def _storable(text: str, limit: int | None = None) -> str:
+    """`text` without what PostgreSQL text/jsonb and UTF-8 cannot hold (NUL, unpaired
+    surrogates: each becomes U+FFFD), cut to `limit` characters."""
+    return UNSTORABLE_TEXT.sub("\ufffd", text[:limit])
+
+
+def _record(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
+    # The logs as claimed, to restore should the write fail (record then tries again).
+    claimed = [{name: getattr(r.log, name) for name in _RESULT_FIELDS} for r in results]
+    try:
+        return _write_results(results, lease=lease)
+    except Exception:
+        for result, fields in zip(results, claimed, strict=True):
+            for name, value in fields.items():
+                setattr(result.log, name, value)
+        raise
+
+
+def _write_results(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
+    now = timezone.now()
+    with transaction.atomic():
+        held = set(
+            DeliveryLog.objects.select_for_update()
+            .filter(
+                pk__in=[result.log.pk for result in results],
+                status=LogStatus.SENDING,
+                next_attempt_at=lease,
+            )
+            .values_list("pk", flat=True)
+        )
+        written: list[DeliveryLog] = []
+        attempts: list[DeliveryAttempt] = []
+        for result in results:
+            log, outcome = result.log, result.outcome
+            if log.pk not in held:
+                logger.warning(
+                    "Log %s outlived its lease; its %s try stays recorded as lost",
+                    log.pk,
+                    result.status,
+                )
+                continue
+            values: dict[str, Any] = {
+                "status": result.status,
+                "attempt_count": log.attempt_count + (outcome is not None),
+                "last_status_code": log.last_status_code
+                if outcome is None
+                else outcome.status_code,
+                "last_error": _storable(result.error if outcome is None else outcome.error_message),
+                "processed_timestamp": now,
+                "next_attempt_at": None
+                if result.delay is None
+                else now + timedelta(seconds=result.delay),
+                "updated_at": now,
+            }
+            for name, value in values.items():
+                setattr(log, name, value)
+            written.append(log)
+            if outcome is not None:
+                attempts.append(
+                    DeliveryAttempt(
+                        log=log,
+                        number=log.attempt_count,
+                        started_at=now - timedelta(milliseconds=outcome.duration_ms),
+                        duration_ms=outcome.duration_ms,
+                        status_code=outcome.status_code,
+                        response_headers={
+                            _storable(name): _storable(value)
+                            for name, value in outcome.headers.items()
+                        },
+                        response_body=_storable(outcome.body),
+                        error_class=_storable(outcome.error_class, 100),
+                        error_message=_storable(outcome.error_message),
+                    )
+                )
+        DeliveryLog.objects.bulk_update(written, _RESULT_FIELDS)
+        DeliveryAttempt.objects.bulk_create(attempts)
+        if written:
+            transaction.on_commit(lambda: live.publish(written))
+    return written
+
+
+def next_due(destination_id: int) -> datetime | None:
+    """When the destination's earliest waiting (`queued`/`retrying`) log falls due."""
+    due: datetime | None = DeliveryLog.objects.filter(
+        destination_id=destination_id, status__in=DUE
+    ).aggregate(due=Min("next_attempt_at"))["due"]
+    return due
+
+
+def take_back(*, now: datetime, limit: int) -> list[DeliveryLog]:
+    """Record the lost try of every `sending` log whose lease ended by `now` (at most `limit`)
+    and move it to `retrying` due at once, or `failed` when the schedule is used up, in one
+    transaction. Locked rows are skipped (another sweeper holds them); a worker that records
+    its outcome first wins, and the try is then not recorded twice.
+
+    A lease that ran out is a try whose outcome nobody knows (the request may have reached the
+    destination): it counts against the retry schedule like a transient failure, so a log
+    whose sends kill the worker cannot loop forever."""
+    with transaction.atomic():
+        logs = list(
+            DeliveryLog.objects.select_for_update(skip_locked=True)
+            .filter(status=LogStatus.SENDING, next_attempt_at__lte=now)
+            .order_by("next_attempt_at")[:limit]
+        )
+        written = timezone.now()
+        attempts = []
+        for log in logs:
+            lease_end = log.next_attempt_at
+            claimed_at = log.updated_at  # set by the claim; nothing else writes a `sending` log
+            assert lease_end is not None
+            number = log.attempt_count + 1
+            exhausted = policy.retry_delay(number - log.schedule_offset) is None
+            attempts.append(
+                DeliveryAttempt(
+                    log=log,
+                    number=number,
+                    started_at=claimed_at,
+                    duration_ms=max(0, int((lease_end - claimed_at).total_seconds() * 1000)),
+                    status_code=None,
+                    error_class=LOST_TRY_CLASS,
+                    error_message=LOST_TRY_MESSAGE,
+                )
+            )
+            log.status = LogStatus.FAILED if exhausted else LogStatus.RETRYING
+            log.attempt_count = number
+            log.last_status_code = None
+            log.last_error = LOST_TRY_MESSAGE
+            log.processed_timestamp = log.updated_at = written
+            # Due at once — also when `now` is ahead of the clock, so that a lane claims it.
+            log.next_attempt_at = None if exhausted else min(now, written)
+            logger.warning("Log %s: its lease ran out; try %d recorded as lost", log.pk, number)
+        DeliveryLog.objects.bulk_update(logs, _RESULT_FIELDS)
+        DeliveryAttempt.objects.bulk_create(attempts)
+        if logs:
+            transaction.on_commit(lambda: live.publish(logs))
+    return logs
+
+
+def requeue(
+    ids: Iterable[int], *, statuses: Iterable[str], now: datetime | None = None
+) -> list[DeliveryLog]:
+    """Move the logs that still have one of `statuses` to `queued`, due now; the retry
+    schedule starts over. Returns them (their lanes are to be woken)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        logs = list(
+            DeliveryLog.objects.select_for_update().filter(pk__in=list(ids), status__in=statuses)
+        )
+        for log in logs:
+            log.status = LogStatus.QUEUED
+            log.next_attempt_at = now
+            log.schedule_offset = log.attempt_count
+            log.updated_at = now
+        DeliveryLog.objects.bulk_update(
+            logs, ["status", "next_attempt_at", "schedule_offset", "updated_at"]
+        )
+        if logs:
+            transaction.on_commit(lambda: live.publish(logs))
+    return logs
+
+
+def log_retry(*, actor: Actor, log_id: str | int) -> DeliveryLog:
+    """Deliver a log again now (ADMIN), whatever its outcome so far; the retry schedule starts
+    over. A log being sent right now raises `not_retryable`. The caller wakes its lane."""
+    require_user(actor)
+    log = selectors.log_get(actor=actor, log_id=log_id)
+    if log is None:
+        raise NotFound("Log")
+    check(actor, Action.LOG_RETRY, log.account_id)
+    requeued = requeue([log.pk], statuses=[s for s in LogStatus if s != LogStatus.SENDING])
+    if not requeued:
+        raise invalid(DeliveryErrorCode.NOT_RETRYABLE, "The log is being sent right now.")
+    requeued[0].refresh_from_db()
+    return requeued[0]
+
+
+def logs_retry_failed(
+    *, actor: Actor, filters: selectors.LogFilters | None = None
+) -> list[DeliveryLog]:
+    """Requeue every `failed` log matching `filters` in accounts where the actor is ADMIN, in
+    batches of 1,000. Returns the logs requeued (the caller wakes their lanes)."""
+    require_user(actor)
+    f = replace(filters or selectors.LogFilters(), statuses=[LogStatus.FAILED])
+    logs = selectors.apply_log_filters(
+        DeliveryLog.objects.filter(account_id__in=account_ids(actor, Action.LOG_RETRY)), f
+    )
+    ids = list(logs.values_list("pk", flat=True))
+    requeued: list[DeliveryLog] = []
+    for start in range(0, len(ids), 1000):
+        requeued += requeue(ids[start : start + 1000], statuses=[LogStatus.FAILED])
+    return requeued

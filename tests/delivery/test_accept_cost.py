@@ -1,0 +1,191 @@
+"""Issue 9, target 2: what one accepted event costs does not grow with its destinations.
+
+For accounts with 1, 10 and 50 active destinations, one POST to incoming_data (after a first
+one warmed the caches: app secret, destination ids, connections) is measured: the SQL
+statements on the default database, and (with REDIS_URL) the Redis round trips of every
+redis-py client in this process, sync and asyncio alike — the Django cache, Huey's storage and
+the channel layer, which publishes from delivery/live.py's publisher thread. Each is compared
+with the same measure for an account with one destination, and with the exact list of what it
+costs today (SQL, REDIS below).
+
+The queue is real (the `real_queue` fixture: Huey's own storage instead of immediate mode), so
+deliveries are enqueued and not run inline, and an enqueue costs what it costs in production
+(with Redis: one round trip, counted like any other). Transactions are real
+(`django_db(transaction=True)`): BEGIN and COMMIT are counted, and what runs after commit
+runs inside the measure."""
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis.asyncio.connection
+import redis.connection
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from delivery import engine, live
+from delivery.models import DeliveryLog, LogStatus
+from tests.delivery.conftest import Poster
+from tests.factories import make_account, make_destination
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DESTINATIONS = [1, 10, 50]
+PAYLOAD = {"order": 42, "status": "paid"}
+
+# What an accepted event costs today, whatever the number of its destinations.
+SQL = ["BEGIN", 'INSERT INTO "delivery_event"', 'INSERT INTO "delivery_deliverylog"', "COMMIT"]
+REDIS = [
+    "GET",  # the app secret's account (cache)
+    "SET",  # the rate limit's window (cache.add) ...
+    "EXISTS",  # ... and its count (cache.incr: two round trips)
+    "INCRBY",
+    "GET",  # the account's active destination ids (cache)
+    # after commit:
+    "ZREMRANGEBYSCORE",  # the `queued` message (channel layer group_send, no subscriber)
+    "ZRANGE",
+    "SET",  # the account's wake flag (cache.add) ...
+    "ZADD",  # ... set, so one wake_account task is enqueued (Huey's priority queue)
+]
+
+
+def _command_name(command: Any) -> str:
+    """The name of the first command of a packed RESP request (a pipeline sends several)."""
+    if isinstance(command, str):
+        command = command.encode()
+    data = command if isinstance(command, bytes) else b"".join(command)
+    lines = data.split(b"\r\n")
+    name = lines[2].decode(errors="replace").upper() if len(lines) > 2 else "?"
+    commands = sum(1 for line in lines if line.startswith(b"*"))
+    return name if commands <= 1 else f"{name} (+{commands - 1} pipelined)"
+
+
+def _statement(sql: str) -> str:
+    """What a statement does, for comparing (SQLite begins with BEGIN IMMEDIATE)."""
+    return "BEGIN" if sql.startswith("BEGIN") else " ".join(sql.split()[:3])
+
+
+@contextmanager
+def redis_round_trips() -> Iterator[list[str]]:
+    """Every request redis-py sends to a server while inside, from any thread and any event
+    loop: one entry (the first command's name) per round trip — a pipeline is one."""
+    sent: list[str] = []
+    lock = threading.Lock()
+    sync_connection = redis.connection.AbstractConnection
+    async_connection = redis.asyncio.connection.AbstractConnection
+    sync_send = sync_connection.send_packed_command
+    async_send = async_connection.send_packed_command
+
+    def send(self: Any, command: Any, check_health: bool = True) -> None:
+        with lock:
+            sent.append(_command_name(command))
+        sync_send(self, command, check_health)
+
+    async def send_async(self: Any, command: Any, check_health: bool = True) -> None:
+        with lock:
+            sent.append(_command_name(command))
+        await async_send(self, command, check_health)
+
+    with (
+        mock.patch.object(sync_connection, "send_packed_command", send),
+        mock.patch.object(async_connection, "send_packed_command", send_async),
+    ):
+        yield sent
+
+
+def publisher_idle() -> None:
+    """Wait until the live publisher's event loop has finished everything it was given: the
+    channel layer's sends run there, on another thread. (live.publish waits for its send
+    today; this keeps the count right should a publish ever be left running.)"""
+    loop = live._publisher_loop()
+
+    async def others_done() -> None:
+        current = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not current]
+        if others:
+            await asyncio.wait(others, timeout=5)
+
+    asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout=10)
+
+
+@dataclass
+class Cost:
+    """What one accepted event cost: the SQL statements and the Redis round trips."""
+
+    sql: list[str]
+    redis: list[str]
+
+
+Measure = Callable[[int], Cost]
+
+
+@pytest.fixture
+def measure(post_incoming: Poster, real_queue: Any) -> Measure:
+    """A new account with `destinations` active destinations; one POST warms the caches, the
+    next one is measured. Asserts that it was accepted with one `queued` log per destination
+    (queued, not delivered: the queue is not consumed)."""
+
+    def cost(destinations: int) -> Cost:
+        account, secret = make_account()
+        for _ in range(destinations):
+            make_destination(account)
+        warm = post_incoming(json.dumps(PAYLOAD), token=secret, event_id="warm")
+        assert warm.status_code == 202, warm.content
+        if settings.REDIS_URL:
+            publisher_idle()
+        # The worst case: no wake of the account's lanes pending (nothing consumes the queue
+        # here), so the measured event enqueues one too.
+        engine.clear_wake_flag(account.pk)
+        with CaptureQueriesContext(connection) as queries, redis_round_trips() as trips:
+            response = post_incoming(json.dumps(PAYLOAD), token=secret, event_id="measured")
+            if settings.REDIS_URL:
+                publisher_idle()
+        assert response.status_code == 202, response.content
+        assert response.json()["deliveries"] == destinations
+        statuses = DeliveryLog.objects.filter(
+            account=account, event__event_id="measured"
+        ).values_list("status", flat=True)
+        assert list(statuses) == [LogStatus.QUEUED] * destinations
+        return Cost([query["sql"] for query in queries.captured_queries], list(trips))
+
+    return cost
+
+
+@pytest.mark.parametrize("destinations", DESTINATIONS, ids=lambda n: f"{n}-destinations")
+def test_sql_statements_of_an_accepted_event_do_not_grow_with_destinations(
+    measure: Measure, destinations: int
+) -> None:
+    one = measure(1)
+    many = measure(destinations)
+    one_count, many_count = len(one.sql), len(many.sql)
+    print(f"\nSQL statements: 1 destination {one_count}, {destinations}: {many_count}")
+    assert many_count == one_count, "\n".join(
+        ["1 destination:", *one.sql, f"{destinations} destinations:", *many.sql]
+    )
+    assert [_statement(sql) for sql in many.sql] == SQL
+
+
+@pytest.mark.services
+@pytest.mark.skipif(not settings.REDIS_URL, reason="counts Redis round trips: REDIS_URL is not set")
+@pytest.mark.parametrize("destinations", DESTINATIONS, ids=lambda n: f"{n}-destinations")
+def test_redis_round_trips_of_an_accepted_event_do_not_grow_with_destinations(
+    measure: Measure, destinations: int
+) -> None:
+    one = measure(1)
+    many = measure(destinations)
+    report = (
+        f"Redis round trips: 1 destination {len(one.redis)} {dict(Counter(one.redis))}; "
+        f"{destinations}: {len(many.redis)} {dict(Counter(many.redis))}"
+    )
+    print(f"\n{report}")
+    one_count, many_count = len(one.redis), len(many.redis)
+    assert many_count == one_count, report
+    assert many.redis == REDIS
