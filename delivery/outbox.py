@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 
@@ -189,65 +189,102 @@ def _record(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
 
 def _write_results(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
     now = timezone.now()
-    with transaction.atomic():
-        held = set(
-            DeliveryLog.objects.select_for_update()
-            .filter(
-                pk__in=[result.log.pk for result in results],
-                status=LogStatus.SENDING,
-                next_attempt_at=lease,
-            )
-            .values_list("pk", flat=True)
+    for result in results:
+        log, outcome = result.log, result.outcome
+        log.status = result.status
+        if outcome is not None:
+            log.attempt_count += 1
+            log.last_status_code = outcome.status_code
+        log.last_error = _storable(result.error if outcome is None else outcome.error_message)
+        log.processed_timestamp = log.updated_at = now
+        log.next_attempt_at = (
+            None if result.delay is None else now + timedelta(seconds=result.delay)
         )
-        written: list[DeliveryLog] = []
-        attempts: list[DeliveryAttempt] = []
+    with transaction.atomic():
+        held = _update_claimed([result.log for result in results], lease=lease)
+        written = [result.log for result in results if result.log.pk in held]
         for result in results:
-            log, outcome = result.log, result.outcome
-            if log.pk not in held:
+            if result.log.pk not in held:
                 logger.warning(
                     "Log %s outlived its lease; its %s try stays recorded as lost",
-                    log.pk,
+                    result.log.pk,
                     result.status,
                 )
-                continue
-            values: dict[str, Any] = {
-                "status": result.status,
-                "attempt_count": log.attempt_count + (outcome is not None),
-                "last_status_code": log.last_status_code
-                if outcome is None
-                else outcome.status_code,
-                "last_error": _storable(result.error if outcome is None else outcome.error_message),
-                "processed_timestamp": now,
-                "next_attempt_at": None
-                if result.delay is None
-                else now + timedelta(seconds=result.delay),
-                "updated_at": now,
-            }
-            for name, value in values.items():
-                setattr(log, name, value)
-            written.append(log)
-            if outcome is not None:
-                attempts.append(
-                    DeliveryAttempt(
-                        log=log,
-                        number=log.attempt_count,
-                        started_at=now - timedelta(milliseconds=outcome.duration_ms),
-                        duration_ms=outcome.duration_ms,
-                        status_code=outcome.status_code,
-                        response_headers={
-                            _storable(name): _storable(value)
-                            for name, value in outcome.headers.items()
-                        },
-                        response_body=_storable(outcome.body),
-                        error_class=_storable(outcome.error_class, 100),
-                        error_message=_storable(outcome.error_message),
-                    )
+        DeliveryAttempt.objects.bulk_create(
+            [
+                DeliveryAttempt(
+                    log=result.log,
+                    number=result.log.attempt_count,
+                    started_at=now - timedelta(milliseconds=outcome.duration_ms),
+                    duration_ms=outcome.duration_ms,
+                    status_code=outcome.status_code,
+                    response_headers={
+                        _storable(name): _storable(value) for name, value in outcome.headers.items()
+                    },
+                    response_body=_storable(outcome.body),
+                    error_class=_storable(outcome.error_class, 100),
+                    error_message=_storable(outcome.error_message),
                 )
-        DeliveryLog.objects.bulk_update(written, _RESULT_FIELDS)
-        DeliveryAttempt.objects.bulk_create(attempts)
+                for result in results
+                if (outcome := result.outcome) is not None and result.log.pk in held
+            ]
+        )
         if written:
             transaction.on_commit(lambda: live.publish(written))
     return written
+
+
+# Column casts of the VALUES list below (PostgreSQL types a parameter from its value, and a
+# column of NULLs as text); SQLite takes the values as they are.
+_CASTS = {
+    "id": "bigint",
+    "status": "varchar",
+    "attempt_count": "integer",
+    "last_status_code": "smallint",
+    "last_error": "text",
+    "processed_timestamp": "timestamp with time zone",
+    "next_attempt_at": "timestamp with time zone",
+    "updated_at": "timestamp with time zone",
+}
+
+
+def _update_claimed(logs: Sequence[DeliveryLog], *, lease: datetime) -> set[int]:
+    """Write the result fields of claimed logs in ONE statement (UPDATE ... FROM VALUES ...
+    RETURNING; Django's bulk_update builds a CASE per field and row, which costs more CPU
+    than the sends), only where the claim still holds. Returns the ids written."""
+    if not logs:
+        return set()
+    ops = connection.ops
+    postgres = connection.vendor == "postgresql"
+    columns = list(_CASTS)
+    placeholder = (
+        "(" + ", ".join(f"CAST(%s AS {_CASTS[c]})" if postgres else "%s" for c in columns) + ")"
+    )
+    params: list[Any] = []
+    for log in logs:
+        params += [
+            log.pk,
+            log.status,
+            log.attempt_count,
+            log.last_status_code,
+            log.last_error,
+            ops.adapt_datetimefield_value(log.processed_timestamp),
+            ops.adapt_datetimefield_value(log.next_attempt_at),
+            ops.adapt_datetimefield_value(log.updated_at),
+        ]
+    table = DeliveryLog._meta.db_table
+    assignments = ", ".join(f"{c} = v.column{i + 1}" for i, c in enumerate(columns) if c != "id")
+    # Identifiers are the model's; every value is a parameter.
+    sql = (
+        f"UPDATE {table} SET {assignments} "  # noqa: S608
+        f"FROM (VALUES {', '.join([placeholder] * len(logs))}) AS v "
+        f"WHERE {table}.id = v.column1 AND {table}.status = %s AND {table}.next_attempt_at = %s "
+        f"RETURNING {table}.id"
+    )
+    params += [LogStatus.SENDING, ops.adapt_datetimefield_value(lease)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def next_due(destination_id: int) -> datetime | None:
