@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -73,16 +73,11 @@ def free_slot(destination_id: int, slot: int) -> None:
     cache.delete(_slot_key(destination_id, slot))
 
 
-def free_lanes(destination_ids: Iterable[int]) -> None:
-    """Free every lane slot of the destinations: their claims outlived the lease, so the lanes
-    that held them are dead or stuck (a stuck one finds its results refused)."""
-    keys = [
-        _slot_key(destination.pk, slot)
-        for destination in Destination.objects.filter(pk__in=list(destination_ids))
-        for slot in range(policy.max_in_flight(destination))
-    ]
-    if keys:
-        cache.delete_many(keys)
+def lane_running(destination_id: int, slot: int = 0) -> bool:
+    """Whether lane slot `slot` of the destination is held. A slot lasts one lease past its
+    lane's last claim, so once a claim's lease has run out the slot of the lane that made it
+    has too (a killed worker's lanes free themselves)."""
+    return cache.get(_slot_key(destination_id, slot)) is not None
 
 
 def lanes_to_start(destination_ids: Iterable[int]) -> list[int]:
@@ -171,9 +166,8 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                     cache.touch(_slot_key(destination_id, slot), _slot_seconds())
                     run.deferred = True
                     return run
-            batch = outbox.claim(
-                destination_id=destination_id, limit=policy.batch_size(slow=pace != FAST)
-            )
+            limit = policy.batch_size(slow=pace != FAST and destination.is_active)
+            batch = outbox.claim(destination_id=destination_id, limit=limit)
             if batch is None:
                 free_slot(destination_id, slot)
                 holding = False
@@ -192,20 +186,20 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                     ],
                     lease=batch.lease,
                 )
-                continue
-            slow = _send_batch(destination, batch, run)
-            if pace != (new_pace := SLOW if slow else FAST):
-                _set_pace(destination_id, new_pace)
-                pace = new_pace
-                if not slow and in_slow_lane:
-                    slow_lanes.leave()
-                    in_slow_lane = False
-            elif slot == 0 and len(batch.logs) == policy.batch_size(slow=False):
-                run.spawn += [
-                    extra
-                    for extra in range(1, policy.max_in_flight(destination))
-                    if take_slot(destination_id, extra)
-                ]
+            else:
+                slow = _send_batch(destination, batch, run)
+                if pace != (new_pace := SLOW if slow else FAST):
+                    _set_pace(destination_id, new_pace)
+                    pace = new_pace
+                    if not slow and in_slow_lane:
+                        slow_lanes.leave()
+                        in_slow_lane = False
+                elif slot == 0 and len(batch.logs) == policy.batch_size(slow=False):
+                    run.spawn += [
+                        extra
+                        for extra in range(1, policy.max_in_flight(destination))
+                        if take_slot(destination_id, extra)
+                    ]
             if time.monotonic() >= deadline:
                 run.again = True
                 return run
@@ -227,7 +221,14 @@ def _send_batch(destination: Destination, batch: outbox.Claim, run: LaneRun) -> 
     at the first slow send, gives the rest back, and returns True then."""
     pending: list[outbox.Result] = []
     flushed = time.monotonic()
+    latest_start = batch.lease - timedelta(seconds=policy.send_timeout())
     for index, log in enumerate(batch.logs):
+        if index and timezone.now() > latest_start:
+            # A send started now could outlive the lease (the sweeper would then hand the log
+            # to another lane while ours still sends it): the rest goes back, unsent.
+            outbox.record(pending, lease=batch.lease)
+            outbox.give_back(batch, batch.logs[index:])
+            return False
         outcome = _send(destination, log)
         pending.append(outbox.result_of(log, outcome))
         run.sent += 1

@@ -23,8 +23,6 @@ class Swept:
 
     count: int = 0
     destination_ids: list[int] = field(default_factory=list)
-    # Destinations whose claims outlived their lease: their lane slots are to be freed.
-    stale_lanes: list[int] = field(default_factory=list)
 
 
 def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> Swept:
@@ -69,9 +67,6 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> Swept:
                 [log.destination_id for log in retried if log.destination_id is not None]
                 + [destination for _, destination in overdue if destination is not None]
             )
-        ),
-        stale_lanes=list(
-            dict.fromkeys(log.destination_id for log in taken if log.destination_id is not None)
         ),
     )
     if swept.count or taken:

@@ -114,7 +114,6 @@ def sweep_now(*, now: datetime | None = None, limit: int = 1000) -> int:
     """maintenance.logs_sweep, then wake the lanes it names. Returns how many deliveries it
     resumes."""
     swept = maintenance.logs_sweep(now=now, limit=limit)
-    engine.free_lanes(swept.stale_lanes)
     wake_destinations(swept.destination_ids)
     return swept.count
 

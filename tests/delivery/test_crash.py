@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 from huey import Huey
 
-from delivery import tasks
+from delivery import engine, tasks
 from delivery.models import DeliveryAttempt, DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import sink_destination
@@ -38,7 +38,9 @@ WORKER_THREADS = 4
 def test_killed_worker_loses_no_delivery(
     processes: Processes, real_queue: Huey, sink: Sink, account: Account
 ) -> None:
-    sink_destination(account, sink, "/slow/0.01")  # slow enough that sends are in flight
+    destination = sink_destination(
+        account, sink, "/slow/0.01"
+    )  # slow enough that sends are in flight
     # The burst is accepted first, so the worker has a backlog when it dies. Accepted events
     # enqueue to the real queue (the `processes` fixture turns immediate mode off).
     for n in range(EVENTS):
@@ -68,6 +70,10 @@ def test_killed_worker_loses_no_delivery(
         return real_queue.pending_count() == 0 and set(sending) <= abandoned
 
     processes.wait_until(drained, timeout=60, what="the new worker to work off the backlog")
+    # The killed worker's lane slot lasts one lease past its last claim: free it as its
+    # expiry would (the sweep below moves the clock past the lease too).
+    assert engine.lane_running(destination.pk)
+    engine.free_slot(destination.pk, 0)
     # What the sweeper does once their lease ran out: the killed worker's `sending` rows, and
     # the rows of any task it had popped but not claimed, are enqueued again.
     recovered = tasks.sweep_now(now=timezone.now() + timedelta(minutes=5))
