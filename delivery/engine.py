@@ -187,14 +187,16 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                     lease=batch.lease,
                 )
             else:
-                slow = _send_batch(destination, batch, run)
+                slow = _send_batch(destination, batch, run, deadline=deadline)
                 if pace != (new_pace := SLOW if slow else FAST):
                     _set_pace(destination_id, new_pace)
                     pace = new_pace
                     if not slow and in_slow_lane:
                         slow_lanes.leave()
                         in_slow_lane = False
-                elif slot == 0 and len(batch.logs) == policy.batch_size(slow=False):
+                elif (
+                    slot == 0 and pace == FAST and len(batch.logs) == policy.batch_size(slow=False)
+                ):
                     run.spawn += [
                         extra
                         for extra in range(1, policy.max_in_flight(destination))
@@ -216,16 +218,19 @@ def _set_pace(destination_id: int, pace: str) -> None:
     cache.set(_pace_key(destination_id), pace, timeout=PACE_SECONDS)
 
 
-def _send_batch(destination: Destination, batch: outbox.Claim, run: LaneRun) -> bool:
+def _send_batch(
+    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float
+) -> bool:
     """Send the claimed logs in order, recording results at least every FLUSH_SECONDS. Stops
-    at the first slow send, gives the rest back, and returns True then."""
+    at the first slow send (returns True then), at the end of the lane's time slice, or when
+    a send could outlive the claim's lease, and gives the unsent rest back."""
     pending: list[outbox.Result] = []
     flushed = time.monotonic()
     latest_start = batch.lease - timedelta(seconds=policy.send_timeout())
     for index, log in enumerate(batch.logs):
-        if index and timezone.now() > latest_start:
-            # A send started now could outlive the lease (the sweeper would then hand the log
-            # to another lane while ours still sends it): the rest goes back, unsent.
+        # A send started after `latest_start` could outlive the lease (the sweeper would then
+        # hand the log to another lane while ours still sends it).
+        if index and (time.monotonic() >= deadline or timezone.now() > latest_start):
             outbox.record(pending, lease=batch.lease)
             outbox.give_back(batch, batch.logs[index:])
             return False

@@ -9,14 +9,15 @@ are the outbox."""
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from delivery import selectors
-from delivery.models import DeliveryLog, Event, LogStatus
+from delivery.models import DeliveryLog, Event, LogStatus, new_webhook_id
 from identity.models import Account
 from project.db import retry_contended
 
@@ -63,21 +64,19 @@ def event_ingest(
             )
         )
 
-    try:
-        return insert()
-    except IntegrityError:
-        known = _known(account_id, event_id)
-        if known is not None:
-            return known
-    # A destination deleted since its id was cached: forget the cache and try once more.
-    cache.delete(selectors.destinations_cache_key(account_id))
-    try:
-        return insert()
-    except IntegrityError:
-        known = _known(account_id, event_id)
-        if known is not None:
-            return known
-        raise
+    for attempt in range(2):
+        if attempt:
+            # A destination deleted since its id was cached: forget the cache, try once more.
+            cache.delete(selectors.destinations_cache_key(account_id))
+        try:
+            return insert()
+        except IntegrityError:
+            known = _known(account_id, event_id)
+            if known is not None:
+                return known
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _known(account_id: uuid.UUID, event_id: str | None) -> IngestResult | None:
@@ -112,28 +111,92 @@ def _event_insert(
     *, account_id: uuid.UUID, event_id: str | None, payload: dict[str, Any], size: int, body: str
 ) -> IngestResult:
     now = timezone.now()
-    event = Event.objects.create(
-        account_id=account_id,
-        event_id=event_id if event_id is not None else uuid.uuid4().hex,
-        payload=payload,
-        body=body,
-        size=size,
-        received_at=now,
-    )
-    logs = DeliveryLog.objects.bulk_create(
-        [
-            DeliveryLog(
-                event=event,
-                destination_id=destination_id,
-                account_id=account_id,
-                status=LogStatus.QUEUED,
-                next_attempt_at=now,
-                received_timestamp=now,
-                updated_at=now,
-            )
-            for destination_id in selectors.active_destination_ids(account_id)
-        ]
-    )
-    return IngestResult(
-        event.event_id, len(logs), duplicate=False, account_id=account_id, logs=logs
-    )
+    event_id = event_id if event_id is not None else uuid.uuid4().hex
+    destination_ids = selectors.active_destination_ids(account_id)
+    if connection.vendor == "postgresql":
+        logs = _insert_postgresql(account_id, event_id, payload, size, body, now, destination_ids)
+    else:
+        event = Event.objects.create(
+            account_id=account_id,
+            event_id=event_id,
+            payload=payload,
+            body=body,
+            size=size,
+            received_at=now,
+        )
+        logs = DeliveryLog.objects.bulk_create(
+            [
+                DeliveryLog(
+                    event=event,
+                    destination_id=destination_id,
+                    account_id=account_id,
+                    status=LogStatus.QUEUED,
+                    next_attempt_at=now,
+                    received_timestamp=now,
+                    updated_at=now,
+                )
+                for destination_id in destination_ids
+            ]
+        )
+    return IngestResult(event_id, len(logs), duplicate=False, account_id=account_id, logs=logs)
+
+
+_EVENT = Event._meta.db_table
+_LOG = DeliveryLog._meta.db_table
+# The event and its logs in one statement: the ORM's two inserts cost more CPU in Django than
+# in PostgreSQL.
+_INSERT = f"""
+WITH event AS (
+    INSERT INTO {_EVENT} (account_id, event_id, payload, body, size, received_at)
+    VALUES (%(account)s, %(event_id)s, %(payload)s::jsonb, %(body)s, %(size)s, %(now)s)
+    RETURNING id
+)
+INSERT INTO {_LOG} (event_id, destination_id, account_id, webhook_id, status, attempt_count,
+    schedule_offset, next_attempt_at, received_timestamp, last_error, updated_at)
+SELECT event.id, d.id, %(account)s, d.webhook_id, %(queued)s, 0, 0, %(now)s, %(now)s, '', %(now)s
+FROM event, unnest(%(destinations)s::bigint[], %(webhook_ids)s::text[]) AS d(id, webhook_id)
+RETURNING id, event_id, destination_id, webhook_id
+"""  # noqa: S608 (table names are the models'; every value is a parameter)
+
+
+def _insert_postgresql(
+    account_id: uuid.UUID,
+    event_id: str,
+    payload: dict[str, Any],
+    size: int,
+    body: str,
+    now: datetime,
+    destination_ids: list[int],
+) -> list[DeliveryLog]:
+    webhook_ids = [new_webhook_id() for _ in destination_ids]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT,
+            {
+                "account": account_id,
+                "event_id": event_id,
+                "payload": json.dumps(payload),
+                "body": body,
+                "size": size,
+                "now": now,
+                "queued": LogStatus.QUEUED.value,
+                "destinations": destination_ids,
+                "webhook_ids": webhook_ids,
+            },
+        )
+        rows = cursor.fetchall()
+    by_destination = {row[2]: row for row in rows}
+    return [
+        DeliveryLog(
+            pk=by_destination[d][0],
+            event_id=by_destination[d][1],
+            destination_id=d,
+            account_id=account_id,
+            webhook_id=by_destination[d][3],
+            status=LogStatus.QUEUED,
+            next_attempt_at=now,
+            received_timestamp=now,
+            updated_at=now,
+        )
+        for d in destination_ids
+    ]

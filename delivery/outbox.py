@@ -149,6 +149,8 @@ def record(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
     a write fail even so, each try is written on its own, and one that still fails is written
     without the answer's headers and body, its error saying why: no try leaves its log
     `sending`. A database that cannot be reached raises: leases and the sweeper take over."""
+    if not results:
+        return []
     try:
         return _record(results, lease=lease)
     except (OperationalError, InterfaceError):

@@ -133,8 +133,8 @@ def test_redis_restart_during_a_burst_loses_no_accepted_event(
         f"{sum(counts.values())} requests at the sink for {len(counts)} deliveries"
     )
     assert undelivered_at_crash > 0
-    # `lost` may be 0: a lane woken by an event accepted after the restart delivers its
-    # destination's whole backlog, the deliveries whose tasks died with Redis included.
-    assert swept >= lost
+    # `lost` and `swept` may be 0: a lane woken by an event accepted after the restart
+    # delivers its destination's whole backlog, the deliveries whose tasks died with Redis
+    # included; what matters is below.
     assert set(counts) == expected  # every accepted event arrived, and nothing else
     assert max(counts.values()) == 1  # and once: the lost tasks had never run
