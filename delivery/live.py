@@ -190,29 +190,43 @@ def _may_match(update: dict[str, Any], filters: LogFilters) -> bool:
     return not filters.statuses or update["status"] in filters.statuses
 
 
-async def _with_ticks(
+async def _batches(
     messages: AsyncIterator[dict[str, Any]], interval: float
-) -> AsyncGenerator[dict[str, Any] | None]:
-    """`messages`, and None whenever `interval` seconds pass without one, so an idle stream
-    still wakes up to re-check access. The pending read is never cancelled by a tick (that
-    would end the channel's generator), only when this generator closes."""
-    pending = asyncio.ensure_future(anext(messages))
+) -> AsyncGenerator[list[dict[str, Any]]]:
+    """`messages` in lists: each list holds what arrived while the previous one was handled,
+    so a subscriber that falls behind catches up with one database read for many messages
+    instead of one per message; and an empty list whenever `interval` seconds pass without a
+    message, so an idle stream still wakes up to re-check access. The channel is read by a
+    task of its own, never cancelled by a tick (that would end the channel's generator)."""
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for message in messages:
+                queue.put_nowait(message)
+        finally:
+            queue.put_nowait(None)  # the channel ended
+
+    reader = asyncio.ensure_future(read())
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield None
-                continue
             try:
-                message = pending.result()
-            except StopAsyncIteration:
+                first = await asyncio.wait_for(queue.get(), timeout=interval)
+            except TimeoutError:
+                yield []
+                continue
+            batch = [first]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            if None in batch:
+                if ready := [m for m in batch[: batch.index(None)] if m is not None]:
+                    yield ready
                 return
-            pending = asyncio.ensure_future(anext(messages))
-            yield message
+            yield [m for m in batch if m is not None]
     finally:
-        pending.cancel()
+        reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await pending
+            await reader
 
 
 async def log_stream(
@@ -263,14 +277,13 @@ async def log_stream(
                 cursor = (chunk[-1].updated_at, chunk[-1].pk)
                 if not await recheck():
                     return
-        async with contextlib.aclosing(_with_ticks(messages, recheck_interval())) as ticks:
-            async for message in ticks:
+        async with contextlib.aclosing(_batches(messages, recheck_interval())) as batches:
+            async for batch in batches:
                 if not await recheck():
                     return
-                if message is None:
-                    continue
                 updates = [
                     u
+                    for message in batch
                     for u in message["updates"]
                     if u["account_id"] in accounts
                     and _may_match(u, filters)
