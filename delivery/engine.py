@@ -159,6 +159,7 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
         pace = cache.get(_pace_key(destination_id))
         slow = pace == SLOW
         deadline = time.monotonic() + settings.DELIVERY_LANE_SLICE_SECONDS
+        claim_more = True
         while True:
             if slow and not in_slow_lane:
                 in_slow_lane = slow_lanes.enter()
@@ -167,17 +168,19 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                     run.deferred = True
                     return run
             limit = policy.batch_size(slow=pace != FAST and destination.is_active)
-            batch = outbox.claim(destination_id=destination_id, limit=limit)
+            batch = outbox.claim(destination_id=destination_id, limit=limit) if claim_more else None
             if batch is None:
                 free_slot(destination_id, slot)
                 holding = False
                 due = outbox.next_due(destination_id)
                 if due is not None and due <= timezone.now() and take_slot(destination_id, slot):
-                    holding = True  # committed after our last claim, before the release
+                    holding = claim_more = True  # due after our last claim, before the release
                     continue
                 run.wake_at = due if due is not None and due > timezone.now() else None
                 return run
             cache.touch(_slot_key(destination_id, slot), _slot_seconds())
+            # A claim short of its limit took everything due: the release below checks again.
+            claim_more = len(batch.logs) == limit
             if not destination.is_active:
                 outbox.record(
                     [

@@ -32,8 +32,8 @@ def lease() -> timedelta:
     """How long a `sending` claim holds before the sweeper may take the log back.
 
     A lane claims a batch under one lease and sends it in order; it gives back the unsent rest
-    of the batch as soon as one send is slow (DELIVERY_SLOW_SECONDS), so a batch holds its
-    lease for at most batch size x DELIVERY_SLOW_SECONDS plus one send."""
+    of the batch when one send is slow (DELIVERY_SLOW_SECONDS), when its time slice ends, and
+    before a send that could outlive the lease: no claimed log is sent after its lease."""
     return timedelta(seconds=send_timeout() + settings.DELIVERY_SWEEP_GRACE_SECONDS)
 
 
