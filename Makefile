@@ -45,10 +45,11 @@ lint: $(STAMP)
 schema: $(STAMP)
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py export_schema schema --path schema.graphql
 
-## worker: a production queue worker (needs REDIS_URL) with WORKER_THREADS threads (16)
+## worker: a production queue worker (needs REDIS_URL) with WORKER_THREADS threads (16;
+## WORKERS, its former name here, is still read but deprecated: it means processes in make prod)
 worker: $(STAMP)
 	$(PY) manage.py run_huey \
-		--workers $${WORKER_THREADS:-16} --worker-type thread --graceful-signal TERM --shutdown-timeout 30
+		--workers $${WORKER_THREADS:-$${WORKERS:-16}} --worker-type thread --graceful-signal TERM --shutdown-timeout 30
 
 ## bench: run the benchmarks in bench/ (installs wrk and nginx with apt-get when missing;
 ## BENCH_ARGS selects sections, e.g. make bench BENCH_ARGS="ingest query")
