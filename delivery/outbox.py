@@ -11,6 +11,7 @@ the claimed logs is conditional on that lease, so a claim the sweeper took back 
 overwritten. Changes are published to live subscribers after commit. Nothing here enqueues:
 callers get back what changed and the task layer schedules what follows."""
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from delivery import live, policy, selectors, transport
 from delivery.errors import DeliveryErrorCode
-from delivery.models import UNSTORABLE_TEXT, DeliveryAttempt, DeliveryLog, LogStatus
+from delivery.models import UNSTORABLE_TEXT, DeliveryAttempt, DeliveryLog, Event, LogStatus
 from identity.errors import NotFound, invalid
 from identity.permissions import Action, Actor, account_ids, check, require_user
 
@@ -75,18 +76,88 @@ def claim(
         rows = rows.filter(destination_id=destination_id, next_attempt_at__lte=now)
     lease = now + policy.lease()
     with transaction.atomic():
-        logs = list(rows.filter(status__in=DUE).order_by("next_attempt_at", "id")[:limit])
+        if destination_id is not None and connection.vendor == "postgresql":
+            logs, before = _claim_postgresql(destination_id, limit=limit, now=now, lease=lease)
+        else:
+            logs = list(rows.filter(status__in=DUE).order_by("next_attempt_at", "id")[:limit])
+            before = {log.pk: (log.status, log.next_attempt_at) for log in logs}
+            DeliveryLog.objects.filter(pk__in=list(before)).update(
+                status=LogStatus.SENDING, next_attempt_at=lease, updated_at=now
+            )
         if not logs:
             return None
-        DeliveryLog.objects.filter(pk__in=[log.pk for log in logs]).update(
-            status=LogStatus.SENDING, next_attempt_at=lease, updated_at=now
-        )
-        before = {log.pk: (log.status, log.next_attempt_at) for log in logs}
         for log in logs:
             log.status, log.next_attempt_at, log.updated_at = LogStatus.SENDING, lease, now
-        if logs:
-            transaction.on_commit(lambda: live.publish(logs))
+        transaction.on_commit(lambda: live.publish(logs))
     return Claim(lease, logs, before)
+
+
+_LOG = DeliveryLog._meta.db_table
+_EVENT = Event._meta.db_table
+# Lock, mark and load in one statement (the ORM's two cost more CPU than PostgreSQL does).
+_CLAIM = f"""
+WITH due AS (
+    SELECT id, status, next_attempt_at FROM {_LOG}
+    WHERE destination_id = %(destination)s AND status = ANY(%(due)s) AND next_attempt_at <= %(now)s
+    ORDER BY next_attempt_at, id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {_LOG} AS log
+SET status = %(sending)s, next_attempt_at = %(lease)s, updated_at = %(now)s
+FROM due, {_EVENT} AS event
+WHERE log.id = due.id AND event.id = log.event_id
+RETURNING log.id, log.event_id, log.account_id, log.webhook_id, log.attempt_count,
+    log.schedule_offset, log.received_timestamp, log.last_status_code, due.status,
+    due.next_attempt_at, event.payload, event.body, event.account_id, event.event_id,
+    event.size, event.received_at
+"""  # noqa: S608 (table names are the models'; every value is a parameter)
+
+
+def _claim_postgresql(
+    destination_id: int, *, limit: int, now: datetime, lease: datetime
+) -> tuple[list[DeliveryLog], dict[int, tuple[str, datetime | None]]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM,
+            {
+                "destination": destination_id,
+                "due": [str(status) for status in DUE],
+                "now": now,
+                "limit": limit,
+                "sending": str(LogStatus.SENDING),
+                "lease": lease,
+            },
+        )
+        rows = cursor.fetchall()
+    logs, before = [], {}
+    for row in sorted(rows, key=lambda row: (row[9], row[0])):  # due time, id: send order
+        (pk, event_pk, account, webhook_id, attempts, offset, received, code, status, due) = row[
+            :10
+        ]
+        payload, body, event_account, event_id, size, received_at = row[10:]
+        log = DeliveryLog(
+            pk=pk,
+            event_id=event_pk,
+            destination_id=destination_id,
+            account_id=account,
+            webhook_id=webhook_id,
+            attempt_count=attempts,
+            schedule_offset=offset,
+            received_timestamp=received,
+            last_status_code=code,
+        )
+        log.event = Event(
+            pk=event_pk,
+            account_id=event_account,
+            event_id=event_id,
+            payload=json.loads(payload) if isinstance(payload, str) else payload,
+            body=body,
+            size=size,
+            received_at=received_at,
+        )
+        logs.append(log)
+        before[pk] = (status, due)
+    return logs, before
 
 
 def give_back(held: Claim, logs: Sequence[DeliveryLog]) -> None:
