@@ -8,18 +8,15 @@ import uuid
 
 from django.core.cache import cache
 from django.db import transaction
-from django.utils import timezone
 
-from delivery import live, selectors, transport
-from delivery.models import DeliveryLog, Destination, LogStatus
+from delivery import outbox, selectors, transport
+from delivery.models import DeliveryLog, Destination
 from delivery.validators import clean_headers, clean_max_in_flight, clean_method, clean_url
 from identity.errors import NotFound
 from identity.ids import parse_uuid
 from identity.models import Account
 from identity.permissions import Action, Actor, check, require_user
 from project.db import retry_contended
-
-DELETED = "Destination deleted."
 
 
 def _forget_destinations(account_id: uuid.UUID) -> None:
@@ -136,24 +133,8 @@ def _destination_delete(*, actor: Actor, destination_id: str | int) -> None:
     destination = _destination_for_change(actor, destination_id, Action.DESTINATION_MANAGE)
     Account.objects.select_for_update().filter(pk=destination.account_id).first()
     _forget_destinations(destination.account_id)
-    now = timezone.now()
-    failed = list(
-        DeliveryLog.objects.select_for_update().filter(
-            destination=destination, status__in=[LogStatus.QUEUED, LogStatus.RETRYING]
-        )
-    )
-    for log in failed:
-        log.status = LogStatus.FAILED
-        log.last_error = DELETED
-        log.processed_timestamp = log.updated_at = now
-        log.next_attempt_at = None
-    DeliveryLog.objects.bulk_update(
-        failed,
-        ["status", "last_error", "processed_timestamp", "updated_at", "next_attempt_at"],
-        batch_size=500,
-    )
+    outbox.fail_waiting(DeliveryLog.objects.filter(destination=destination), outbox.DELETED)
     destination.delete()
-    transaction.on_commit(lambda: live.publish(failed))
 
 
 @transaction.atomic

@@ -36,8 +36,6 @@ from delivery.models import DeliveryLog, Destination, LogStatus
 
 logger = logging.getLogger(__name__)
 
-INACTIVE = "Destination is inactive."
-DELETED = "Destination deleted."
 FLUSH_SECONDS = 0.25  # results of a batch are written at least this often
 WAKE_SECONDS = 2  # an account's wake flag: new events enqueue one wake per this long, at most
 
@@ -87,14 +85,18 @@ def lanes_to_start(destination_ids: Iterable[int]) -> list[int]:
     return [d for d in dict.fromkeys(destination_ids) if take_slot(d, 0)]
 
 
+def _wake_key(account_id: uuid.UUID | str) -> str:
+    return f"wake:{account_id}"
+
+
 def wake_flag(account_id: uuid.UUID | str) -> bool:
     """Whether a wake of `account_id`'s lanes must be enqueued: one per WAKE_SECONDS at most
     while one is pending (the wake clears the flag before it looks at the lanes)."""
-    return bool(cache.add(f"wake:{account_id}", 1, timeout=WAKE_SECONDS))
+    return bool(cache.add(_wake_key(account_id), 1, timeout=WAKE_SECONDS))
 
 
 def clear_wake_flag(account_id: uuid.UUID | str) -> None:
-    cache.delete(f"wake:{account_id}")
+    cache.delete(_wake_key(account_id))
 
 
 def wake_later(destination_id: int, at: datetime) -> bool:
@@ -184,7 +186,7 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
             if not destination.is_active:
                 outbox.record(
                     [
-                        outbox.Result(log, LogStatus.FAILED, None, error=INACTIVE)
+                        outbox.Result(log, LogStatus.FAILED, None, error=outbox.INACTIVE)
                         for log in batch.logs
                     ],
                     lease=batch.lease,
@@ -286,7 +288,7 @@ def deliver_log(log_id: int) -> str | None:
         else Destination.objects.filter(pk=log.destination_id).first()
     )
     if destination is None or not destination.is_active:
-        reason = DELETED if destination is None else INACTIVE
+        reason = outbox.DELETED if destination is None else outbox.INACTIVE
         result = outbox.Result(log, LogStatus.FAILED, None, error=reason)
     else:
         result = outbox.result_of(log, _send(destination, log))

@@ -9,8 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from delivery import live, outbox
-from delivery.engine import DELETED
+from delivery import outbox
 from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus
 
 logger = logging.getLogger(__name__)
@@ -50,16 +49,7 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> Swept:
             pk__in=[pk for pk, destination in overdue if destination is not None]
         ).update(next_attempt_at=min(now, timezone.now()))
         orphans = [pk for pk, destination in overdue if destination is None]
-        failed = list(DeliveryLog.objects.filter(pk__in=orphans))
-        written = timezone.now()
-        for log in failed:
-            log.status, log.last_error, log.next_attempt_at = LogStatus.FAILED, DELETED, None
-            log.processed_timestamp = log.updated_at = written
-        DeliveryLog.objects.bulk_update(
-            failed, ["status", "last_error", "next_attempt_at", "processed_timestamp", "updated_at"]
-        )
-        if failed:
-            transaction.on_commit(lambda: live.publish(failed))
+        outbox.fail_waiting(DeliveryLog.objects.filter(pk__in=orphans), outbox.DELETED)
     swept = Swept(
         count=len(retried) + len(overdue) - len(orphans),
         destination_ids=list(

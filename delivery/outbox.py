@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Min
+from django.db.models import Min, QuerySet
 from django.utils import timezone
 
 from delivery import live, policy, selectors, transport
@@ -31,6 +31,9 @@ from identity.permissions import Action, Actor, account_ids, check, require_user
 logger = logging.getLogger(__name__)
 
 DUE = (LogStatus.QUEUED, LogStatus.RETRYING)
+# Why a log failed without a request.
+DELETED = "Destination deleted."
+INACTIVE = "Destination is inactive."
 LOST_TRY_CLASS = "OutcomeUnknown"
 LOST_TRY_MESSAGE = (
     "The worker stopped before recording this try's outcome "
@@ -61,29 +64,31 @@ def claim(
     *, destination_id: int | None = None, log_id: int | None = None, limit: int = 1
 ) -> Claim | None:
     """Claim up to `limit` due logs of a destination (oldest due first), or the one log
-    `log_id` if it is due (within a second: the sweeper's clock may run ahead). Two
-    statements: the due rows locked (`SKIP LOCKED` on PostgreSQL: concurrent lanes take
-    different rows; SQLite's IMMEDIATE transactions serialise claims), then marked
-    `sending`. Publishes `sending`. None when nothing was due."""
+    `log_id` if it is due (within a second: the sweeper's clock may run ahead). The due rows
+    are locked (`SKIP LOCKED` on PostgreSQL: concurrent lanes take different rows; SQLite's
+    IMMEDIATE transactions serialise claims) and marked `sending`: one statement for a
+    destination on PostgreSQL, two otherwise. Publishes `sending`. None when nothing was
+    due."""
     now = timezone.now()
-    rows = DeliveryLog.objects.select_for_update(skip_locked=True, of=("self",)).select_related(
-        "event"
-    )
-    if log_id is not None:
-        rows = rows.filter(pk=log_id, next_attempt_at__lte=now + timedelta(seconds=1))
-    else:
-        assert destination_id is not None
-        rows = rows.filter(destination_id=destination_id, next_attempt_at__lte=now)
     lease = now + policy.lease()
     with transaction.atomic():
         if destination_id is not None and connection.vendor == "postgresql":
             logs, before = _claim_postgresql(destination_id, limit=limit, now=now, lease=lease)
         else:
+            rows = DeliveryLog.objects.select_for_update(
+                skip_locked=True, of=("self",)
+            ).select_related("event")
+            if log_id is not None:
+                rows = rows.filter(pk=log_id, next_attempt_at__lte=now + timedelta(seconds=1))
+            else:
+                assert destination_id is not None
+                rows = rows.filter(destination_id=destination_id, next_attempt_at__lte=now)
             logs = list(rows.filter(status__in=DUE).order_by("next_attempt_at", "id")[:limit])
             before = {log.pk: (log.status, log.next_attempt_at) for log in logs}
-            DeliveryLog.objects.filter(pk__in=list(before)).update(
-                status=LogStatus.SENDING, next_attempt_at=lease, updated_at=now
-            )
+            if logs:
+                DeliveryLog.objects.filter(pk__in=list(before)).update(
+                    status=LogStatus.SENDING, next_attempt_at=lease, updated_at=now
+                )
         if not logs:
             return None
         for log in logs:
@@ -415,6 +420,24 @@ def take_back(*, now: datetime, limit: int) -> list[DeliveryLog]:
         if logs:
             transaction.on_commit(lambda: live.publish(logs))
     return logs
+
+
+def fail_waiting(logs: QuerySet[DeliveryLog], reason: str) -> list[DeliveryLog]:
+    """Fail the waiting (`queued`/`retrying`) logs among `logs` at once, without a request,
+    `reason` as their error; publish after commit. Returns them."""
+    now = timezone.now()
+    failed = list(logs.select_for_update().filter(status__in=DUE))
+    for log in failed:
+        log.status, log.last_error, log.next_attempt_at = LogStatus.FAILED, reason, None
+        log.processed_timestamp = log.updated_at = now
+    DeliveryLog.objects.bulk_update(
+        failed,
+        ["status", "last_error", "next_attempt_at", "processed_timestamp", "updated_at"],
+        batch_size=500,
+    )
+    if failed:
+        transaction.on_commit(lambda: live.publish(failed))
+    return failed
 
 
 def requeue(
