@@ -1,25 +1,26 @@
-"""Accepting an event: the hot path of incoming_data.
+"""Accepting an event, in two halves: the hot path of incoming_data, then the fan-out.
 
-One transaction stores the event and one `queued` log per active destination (one bulk
-statement), whatever the number of destinations; nothing is enqueued here. The caller hands
-the result to `tasks.after_accept`, which publishes the `queued` logs and wakes the account's
-lanes (O(1) Redis round trips). If that is lost, the sweeper finds the logs overdue: the rows
-are the outbox."""
+`event_ingest` stores the event alone (one statement on PostgreSQL), whatever the number of
+destinations, and counts the account's active destinations for the answer; nothing is
+enqueued here. The caller hands the result to `tasks.after_accept`, which wakes the account
+(one cache round trip; one enqueue when no wake is pending). A worker then runs `fan_out`:
+one `queued` log per active destination for every pending event of the account, many events
+per statement. The event row is the outbox of its fan-out (`fanned_out_at` null until its logs
+exist): if the wake is lost, the sweeper finds the pending event."""
 
 import json
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
-from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from delivery import selectors
-from delivery.models import DeliveryLog, Event, LogStatus, new_webhook_id
+from delivery.models import DeliveryLog, Destination, Event, LogStatus, new_webhook_id
 from identity.models import Account
-from project.db import retry_contended
+from project.db import prepared_cursor, retry_contended
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class IngestResult:
     deliveries: int
     duplicate: bool
     account_id: uuid.UUID | None = None
-    # The logs created (none for a duplicate), to publish and to wake their lanes for.
-    logs: list[DeliveryLog] = field(default_factory=list)
+    # The event waits for its fan-out (false for a duplicate, or with no active destination).
+    pending: bool = False
 
 
 class AccountGone(Exception):
@@ -44,7 +45,9 @@ def event_ingest(
     size: int,
     body: bytes | None = None,
 ) -> IngestResult:
-    """Store an event and one `queued` log per active destination in one transaction.
+    """Store an event, pending its fan-out, in one transaction; `deliveries` is the number of
+    the account's active destinations in that transaction's snapshot (those the event goes to,
+    unless one is added or removed before a worker fans it out, a few milliseconds later).
 
     `body` is the request body `payload` was parsed from: it is stored as received (as UTF-8
     text; a UTF-16/32 body is transcoded, a BOM dropped) and deliveries send exactly that.
@@ -56,27 +59,17 @@ def event_ingest(
     Raises AccountGone when the account was deleted meanwhile (nothing is stored), and
     Contended when the insert lost a deadlock twice."""
     text = _body_text(body)
-
-    def insert() -> IngestResult:
+    try:
         return retry_contended(
             lambda: _event_insert(
                 account_id=account_id, event_id=event_id, payload=payload, size=size, body=text
             )
         )
-
-    for attempt in range(2):
-        if attempt:
-            # A destination deleted since its id was cached: forget the cache, try once more.
-            cache.delete(selectors.destinations_cache_key(account_id))
-        try:
-            return insert()
-        except IntegrityError:
-            known = _known(account_id, event_id)
-            if known is not None:
-                return known
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+    except IntegrityError:
+        known = _known(account_id, event_id)
+        if known is None:
+            raise
+        return known
 
 
 def _known(account_id: uuid.UUID, event_id: str | None) -> IngestResult | None:
@@ -88,10 +81,19 @@ def _known(account_id: uuid.UUID, event_id: str | None) -> IngestResult | None:
         else None
     )
     if original is not None:
-        return IngestResult(original.event_id, original.logs.count(), duplicate=True)
+        deliveries = (
+            original.logs.count()
+            if original.fanned_out_at is not None
+            else _active_destinations(account_id).count()
+        )
+        return IngestResult(original.event_id, deliveries, duplicate=True)
     if not Account.objects.filter(pk=account_id).exists():
         raise AccountGone from None
     return None
+
+
+def _active_destinations(account_id: uuid.UUID) -> QuerySet[Destination]:
+    return Destination.objects.filter(account_id=account_id, is_active=True)
 
 
 def _body_text(body: bytes | None) -> str:
@@ -106,97 +108,157 @@ def _body_text(body: bytes | None) -> str:
         return ""
 
 
-@transaction.atomic
+_EVENT = Event._meta.db_table
+_LOG = DeliveryLog._meta.db_table
+_DESTINATION = Destination._meta.db_table
+# The count and the insert in one statement, so one round trip and no explicit transaction:
+# an event with no active destination has nothing to fan out.
+_INSERT = f"""
+WITH d AS (SELECT count(*) AS n FROM {_DESTINATION} WHERE account_id = %(account)s AND is_active),
+event AS (
+    INSERT INTO {_EVENT} (account_id, event_id, payload, body, size, received_at, fanned_out_at)
+    SELECT %(account)s, %(event_id)s, %(payload)s::jsonb, %(body)s, %(size)s, %(now)s,
+        CASE WHEN d.n = 0 THEN %(now)s END
+    FROM d
+    RETURNING id
+)
+SELECT d.n FROM d, event
+"""  # noqa: S608 (table names are the models'; every value is a parameter)
+
+
 def _event_insert(
     *, account_id: uuid.UUID, event_id: str | None, payload: dict[str, Any], size: int, body: str
 ) -> IngestResult:
     now = timezone.now()
     event_id = event_id if event_id is not None else uuid.uuid4().hex
-    destination_ids = selectors.active_destination_ids(account_id)
     if connection.vendor == "postgresql":
-        logs = _insert_postgresql(account_id, event_id, payload, size, body, now, destination_ids)
+        # One statement is its own transaction; inside a caller's, a savepoint keeps a
+        # duplicate's IntegrityError from aborting it. No health check (a round trip per
+        # request): after a database restart, the first request of a server process on its
+        # old connection answers 503 with Retry-After, as during the outage, and nothing is
+        # written; the next one connects again.
+        scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
+        with scope, prepared_cursor(health_check=False) as cursor:
+            cursor.execute(
+                _INSERT,
+                {
+                    "account": account_id,
+                    "event_id": event_id,
+                    "payload": json.dumps(payload),
+                    "body": body,
+                    "size": size,
+                    "now": now,
+                },
+            )
+            (deliveries,) = cursor.fetchone()
     else:
-        event = Event.objects.create(
-            account_id=account_id,
-            event_id=event_id,
-            payload=payload,
-            body=body,
-            size=size,
-            received_at=now,
+        with transaction.atomic():
+            deliveries = _active_destinations(account_id).count()
+            Event.objects.create(
+                account_id=account_id,
+                event_id=event_id,
+                payload=payload,
+                body=body,
+                size=size,
+                received_at=now,
+                fanned_out_at=None if deliveries else now,
+            )
+    return IngestResult(
+        event_id, deliveries, duplicate=False, account_id=account_id, pending=bool(deliveries)
+    )
+
+
+@dataclass(frozen=True)
+class FanOut:
+    logs: list[DeliveryLog]  # the `queued` logs created, by event then destination
+    more: bool  # the batch was full: more events may be pending
+
+
+def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
+    """Create the `queued` logs of the account's pending events (the oldest first, as many as
+    make about FAN_OUT_ROWS logs for `destinations` destinations), one per destination active
+    now, and mark the events fanned out, in one transaction (one statement on PostgreSQL).
+    A second fan-out of the same account waits for the first (row locks, not SKIP LOCKED), so
+    logs are created in the events' order; each is due since its event was received, and a
+    lane claims by due time: a destination's deliveries keep the events' order."""
+    limit = max(1, FAN_OUT_ROWS // max(destinations, 1))
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        with prepared_cursor() as cursor:
+            cursor.execute(
+                _FAN_OUT,
+                {"account": account_id, "limit": limit, "now": now, "queued": LogStatus.QUEUED},
+            )
+            rows = cursor.fetchall()
+        # The last row counts the events marked (some may have had no destination left).
+        marked = next(row[1] for row in rows if row[0] is None)
+        logs = [
+            DeliveryLog(
+                pk=pk,
+                event_id=event,
+                destination_id=destination,
+                account_id=account_id,
+                webhook_id=webhook_id,
+                status=LogStatus.QUEUED,
+                next_attempt_at=received,
+                received_timestamp=received,
+                updated_at=now,
+            )
+            for pk, event, destination, webhook_id, received in rows
+            if pk is not None
+        ]
+        return FanOut(logs, more=marked >= limit)
+    with transaction.atomic():
+        pending = list(
+            Event.objects.filter(account_id=account_id, fanned_out_at=None)
+            .order_by("id")
+            .values_list("id", "received_at")[:limit]
+        )
+        Event.objects.filter(pk__in=[pk for pk, _ in pending]).update(fanned_out_at=now)
+        destination_ids = list(
+            _active_destinations(account_id).order_by("id").values_list("id", flat=True)
         )
         logs = DeliveryLog.objects.bulk_create(
             [
                 DeliveryLog(
-                    event=event,
-                    destination_id=destination_id,
+                    event_id=event,
+                    destination_id=destination,
                     account_id=account_id,
+                    webhook_id=new_webhook_id(),
                     status=LogStatus.QUEUED,
-                    next_attempt_at=now,
-                    received_timestamp=now,
+                    next_attempt_at=received,
+                    received_timestamp=received,
                     updated_at=now,
                 )
-                for destination_id in destination_ids
+                for event, received in pending
+                for destination in destination_ids
             ]
         )
-    return IngestResult(event_id, len(logs), duplicate=False, account_id=account_id, logs=logs)
+    return FanOut(logs, more=len(pending) >= limit)
 
 
-_EVENT = Event._meta.db_table
-_LOG = DeliveryLog._meta.db_table
-# The event and its logs in one statement: the ORM's two inserts cost more CPU in Django than
-# in PostgreSQL.
-_INSERT = f"""
-WITH event AS (
-    INSERT INTO {_EVENT} (account_id, event_id, payload, body, size, received_at)
-    VALUES (%(account)s, %(event_id)s, %(payload)s::jsonb, %(body)s, %(size)s, %(now)s)
-    RETURNING id
+# Logs one fan-out creates at most (fewer events per batch for an account with many
+# destinations; at least one event).
+FAN_OUT_ROWS = 1000
+_FAN_OUT = f"""
+WITH pending AS (
+    SELECT id FROM {_EVENT} WHERE account_id = %(account)s AND fanned_out_at IS NULL
+    ORDER BY id LIMIT %(limit)s FOR UPDATE
+), marked AS (
+    UPDATE {_EVENT} AS e SET fanned_out_at = %(now)s FROM pending WHERE e.id = pending.id
+    RETURNING e.id, e.received_at
+), created AS (
+    INSERT INTO {_LOG} (event_id, destination_id, account_id, webhook_id, status,
+        attempt_count, schedule_offset, next_attempt_at, received_timestamp, last_error,
+        updated_at)
+    SELECT marked.id, d.id, %(account)s, 'msg_' || replace(gen_random_uuid()::text, '-', ''),
+        %(queued)s, 0, 0, marked.received_at, marked.received_at, '', %(now)s
+    FROM marked CROSS JOIN (
+        SELECT id FROM {_DESTINATION} WHERE account_id = %(account)s AND is_active
+    ) AS d
+    ORDER BY marked.id, d.id
+    RETURNING id, event_id, destination_id, webhook_id, received_timestamp
 )
-INSERT INTO {_LOG} (event_id, destination_id, account_id, webhook_id, status, attempt_count,
-    schedule_offset, next_attempt_at, received_timestamp, last_error, updated_at)
-SELECT event.id, d.id, %(account)s, d.webhook_id, %(queued)s, 0, 0, %(now)s, %(now)s, '', %(now)s
-FROM event, unnest(%(destinations)s::bigint[], %(webhook_ids)s::text[]) AS d(id, webhook_id)
-RETURNING id, event_id, destination_id, webhook_id
+SELECT * FROM created
+UNION ALL SELECT NULL, count(*), NULL, NULL, NULL FROM marked
 """  # noqa: S608 (table names are the models'; every value is a parameter)
-
-
-def _insert_postgresql(
-    account_id: uuid.UUID,
-    event_id: str,
-    payload: dict[str, Any],
-    size: int,
-    body: str,
-    now: datetime,
-    destination_ids: list[int],
-) -> list[DeliveryLog]:
-    webhook_ids = [new_webhook_id() for _ in destination_ids]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT,
-            {
-                "account": account_id,
-                "event_id": event_id,
-                "payload": json.dumps(payload),
-                "body": body,
-                "size": size,
-                "now": now,
-                "queued": LogStatus.QUEUED.value,
-                "destinations": destination_ids,
-                "webhook_ids": webhook_ids,
-            },
-        )
-        rows = cursor.fetchall()
-    by_destination = {row[2]: row for row in rows}
-    return [
-        DeliveryLog(
-            pk=by_destination[d][0],
-            event_id=by_destination[d][1],
-            destination_id=d,
-            account_id=account_id,
-            webhook_id=by_destination[d][3],
-            status=LogStatus.QUEUED,
-            next_attempt_at=now,
-            received_timestamp=now,
-            updated_at=now,
-        )
-        for d in destination_ids
-    ]

@@ -4,6 +4,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from identity.models import Account
 from project.crypto import EncryptedJSONField, EncryptedTextField
@@ -67,10 +68,21 @@ class Event(models.Model):
     )
     size = models.PositiveIntegerField(help_text="Body size in bytes.")
     received_at = models.DateTimeField(db_index=True)
+    # When its logs were created (one per destination active then), by a worker; null while
+    # that is pending: the event row is the outbox of its fan-out (delivery/ingest.py). Only
+    # the accept path stores an event pending; one created otherwise has its logs already.
+    fanned_out_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["account", "event_id"], name="event_account_event_id")
+        ]
+        indexes = [
+            models.Index(
+                fields=["account", "id"],
+                name="event_pending",
+                condition=Q(fanned_out_at__isnull=True),
+            )
         ]
 
     def __str__(self) -> str:

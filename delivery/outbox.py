@@ -27,6 +27,7 @@ from delivery.errors import DeliveryErrorCode
 from delivery.models import UNSTORABLE_TEXT, DeliveryAttempt, DeliveryLog, Event, LogStatus
 from identity.errors import NotFound, invalid
 from identity.permissions import Action, Actor, account_ids, check, require_user
+from project.db import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ RETURNING log.id, log.event_id, log.account_id, log.webhook_id, log.attempt_coun
 def _claim_postgresql(
     destination_id: int, *, limit: int, now: datetime, lease: datetime
 ) -> tuple[list[DeliveryLog], dict[int, tuple[str, datetime | None]]]:
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _CLAIM,
             {

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 MAINTENANCE_PRIORITY = 100
 # A lane of a slow destination that finds no slow-lane room in its worker tries again after.
 DEFER_SECONDS = 1.0
+# Fan-out batches (ingest.FAN_OUT_ROWS logs each) one wake of an account runs before it lets
+# the queue's other work go first.
+FAN_OUT_BATCHES = 5
 
 
 def event_accept(
@@ -48,20 +51,16 @@ def event_accept(
 
 
 def after_accept(result: IngestResult) -> None:
-    """After an event's commit: publish its `queued` logs (one message) and wake the account's
-    lanes (one cache round trip; one enqueue when no wake is pending). Never raises: the rows
-    are committed, and the sweeper wakes their lanes if this is lost."""
-    if not result.logs:
+    """After an event's commit: wake the account (one cache round trip; one enqueue when no
+    wake is pending), whose worker fans the event out. Never raises: the event is committed,
+    and the sweeper finds it pending if this is lost."""
+    if not result.pending:
         return
-    # Publish first: a lane may claim the logs at once and publish `sending` itself.
-    live.publish(result.logs)
     try:
         if engine.wake_flag(str(result.account_id)):
             wake_account(str(result.account_id))
     except Exception:
-        logger.exception(
-            "Could not wake the lanes of %d deliveries; the sweeper will", len(result.logs)
-        )
+        logger.exception("Could not wake account %s; the sweeper will", result.account_id)
 
 
 def wake_destinations(destination_ids: Iterable[int | None]) -> None:
@@ -75,9 +74,22 @@ def wake_destinations(destination_ids: Iterable[int | None]) -> None:
 
 @db_task()
 def wake_account(account_id: str) -> None:
-    """Run a lane for each active destination of the account that has none running."""
+    """Fan out the account's pending events (their `queued` logs, published in one message
+    per batch), then run a lane for each active destination that has none running. After
+    FAN_OUT_BATCHES full batches it wakes the account again at the back of the queue."""
     engine.clear_wake_flag(account_id)
-    wake_destinations(selectors.active_destination_ids(uuid.UUID(account_id)))
+    account = uuid.UUID(account_id)
+    destination_ids = selectors.active_destination_ids(account)
+    for _ in range(FAN_OUT_BATCHES):
+        batch = ingest.fan_out(account, len(destination_ids))
+        if batch.logs:
+            live.publish(batch.logs)
+        if not batch.more:
+            break
+    else:
+        if engine.wake_flag(account_id):
+            wake_account(account_id)
+    wake_destinations(destination_ids)
 
 
 @db_task()
@@ -111,16 +123,18 @@ def deliver(log_id: int) -> None:
 
 
 def sweep_now(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """maintenance.logs_sweep, then wake the lanes it names. Returns how many deliveries it
-    resumes."""
+    """maintenance.logs_sweep, then wake the lanes and accounts it names. Returns how many
+    deliveries it resumes."""
     swept = maintenance.logs_sweep(now=now, limit=limit)
     wake_destinations(swept.destination_ids)
+    for account_id in swept.account_ids:
+        wake_account(account_id)
     return swept.count
 
 
 @db_periodic_task(crontab(minute="*"), priority=MAINTENANCE_PRIORITY)
 def sweep() -> None:
-    """Resume overdue and abandoned deliveries."""
+    """Resume overdue and abandoned deliveries, and fan out events whose wake was lost."""
     sweep_now()
 
 

@@ -3,8 +3,10 @@
 from collections.abc import Callable
 from typing import TypeVar
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, OperationalError, models, transaction
+from django.db import IntegrityError, OperationalError, connection, models, transaction
+from django.db.backends.utils import CursorWrapper
 
 T = TypeVar("T")
 
@@ -66,3 +68,36 @@ def lock_referencing_rows(instance: models.Model) -> None:
             **{relation.field.name: instance.pk}  # type: ignore[union-attr]
         )
         list(rows.values_list("pk", flat=True))
+
+
+def prepared_cursor(*, health_check: bool = True) -> CursorWrapper:
+    """A cursor of the default database for the hot paths' raw statements. On PostgreSQL, with
+    DATABASE_PREPARED_STATEMENTS (the default), it binds parameters on the server and psycopg
+    prepares each statement on a connection the first time it runs there: parsed and planned
+    once per connection instead of on every run. (Django's own cursors bind on the client and
+    prepare nothing; it leaves preparing off because PgBouncer before 1.21 in transaction mode
+    cannot route prepared statements: turn the setting off behind such a pooler.) It is
+    Django's cursor wrapper all the same: health check, error translation, execute wrappers
+    and query logging apply. Without `health_check`, a persistent connection is not checked
+    with a round trip first (CONN_HEALTH_CHECKS): a connection the server closed meanwhile
+    fails this statement instead (OperationalError), and Django closes it when the request
+    ends. Elsewhere, and while queries are logged (DEBUG, or a test that
+    captures them: psycopg keeps no text of a prepared statement to log), Django's cursor."""
+    if (
+        connection.vendor != "postgresql"
+        or not settings.DATABASE_PREPARED_STATEMENTS
+        or connection.queries_logged
+    ):
+        return connection.cursor()
+    from django.db.backends.postgresql import base
+
+    if health_check:
+        connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Only cursors that bind on the server prepare: Django's (client-side) never do.
+        raw.prepare_threshold = 0
+    with connection.wrap_database_errors:
+        cursor = base.ServerBindingCursor(raw)  # type: ignore[attr-defined]
+        return connection._prepare_cursor(cursor)  # type: ignore[attr-defined]

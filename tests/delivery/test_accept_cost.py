@@ -9,7 +9,7 @@ with the same measure for an account with one destination, and with the exact li
 costs today (SQL, REDIS below).
 
 The queue is real (the `real_queue` fixture: Huey's own storage instead of immediate mode), so
-deliveries are enqueued and not run inline, and an enqueue costs what it costs in production
+the account's wake is enqueued and not run inline, and an enqueue costs what it costs in production
 (with Redis: one round trip, counted like any other). Transactions are real
 (`django_db(transaction=True)`): BEGIN and COMMIT are counted, and what runs after commit
 runs inside the measure."""
@@ -31,8 +31,8 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from delivery import engine, live
-from delivery.models import DeliveryLog, LogStatus
+from delivery import engine, ingest, live
+from delivery.models import Event, LogStatus
 from tests.delivery.conftest import Poster
 from tests.factories import make_account, make_destination
 
@@ -41,24 +41,22 @@ pytestmark = pytest.mark.django_db(transaction=True)
 DESTINATIONS = [1, 10, 50]
 PAYLOAD = {"order": 42, "status": "paid"}
 
-# What an accepted event costs today, whatever the number of its destinations.
-# PostgreSQL: the event and its logs in one statement (delivery/ingest.py); SQLite: two.
+# What an accepted event costs today, whatever the number of its destinations: the event
+# alone, pending its fan-out by a worker, and the count of destinations for the answer.
+# PostgreSQL: one statement in autocommit (delivery/ingest.py); SQLite: a transaction of two.
 SQL = (
-    ["BEGIN", "WITH event AS", "COMMIT"]
+    ["WITH d AS"]
     if connection.vendor == "postgresql"
-    else ["BEGIN", 'INSERT INTO "delivery_event"', 'INSERT INTO "delivery_deliverylog"', "COMMIT"]
+    else ["BEGIN", "SELECT COUNT(*) AS", 'INSERT INTO "delivery_event"', "COMMIT"]
 )
 REDIS = [
     "GET",  # the app secret's account (cache)
     "SET",  # the rate limit's window (cache.add) ...
     "EXISTS",  # ... and its count (cache.incr: two round trips)
     "INCRBY",
-    "GET",  # the account's active destination ids (cache)
     # after commit:
-    "ZREMRANGEBYSCORE",  # the `queued` message (channel layer group_send, no subscriber)
-    "ZRANGE",
     "SET",  # the account's wake flag (cache.add) ...
-    "ZADD",  # ... set, so one wake_account task is enqueued (Huey's priority queue)
+    "ZADD",  # ... set, so one wake_account task (the fan-out) is enqueued (Huey's priority queue)
 ]
 
 
@@ -135,8 +133,8 @@ Measure = Callable[[int], Cost]
 @pytest.fixture
 def measure(post_incoming: Poster, real_queue: Any) -> Measure:
     """A new account with `destinations` active destinations; one POST warms the caches, the
-    next one is measured. Asserts that it was accepted with one `queued` log per destination
-    (queued, not delivered: the queue is not consumed)."""
+    next one is measured. Asserts that it was accepted pending its fan-out (the queue is not
+    consumed), and that the fan-out then makes one `queued` log per destination."""
 
     def cost(destinations: int) -> Cost:
         account, secret = make_account()
@@ -155,9 +153,13 @@ def measure(post_incoming: Poster, real_queue: Any) -> Measure:
                 publisher_idle()
         assert response.status_code == 202, response.content
         assert response.json()["deliveries"] == destinations
-        statuses = DeliveryLog.objects.filter(
-            account=account, event__event_id="measured"
-        ).values_list("status", flat=True)
+        event = Event.objects.get(account=account, event_id="measured")
+        assert (event.fanned_out_at, event.logs.count()) == (None, 0)
+        fanned = ingest.fan_out(account.pk, destinations)
+        assert [(log.event_id, log.status) for log in fanned.logs][-destinations:] == [
+            (event.pk, LogStatus.QUEUED)
+        ] * destinations
+        statuses = event.logs.values_list("status", flat=True)
         assert list(statuses) == [LogStatus.QUEUED] * destinations
         return Cost([query["sql"] for query in queries.captured_queries], list(trips))
 
@@ -194,3 +196,34 @@ def test_redis_round_trips_of_an_accepted_event_do_not_grow_with_destinations(
     one_count, many_count = len(one.redis), len(many.redis)
     assert many_count == one_count, report
     assert many.redis == REDIS
+
+
+@pytest.mark.parametrize("events", [1, 20], ids=lambda n: f"{n}-events")
+def test_one_fan_out_is_one_statement_on_postgresql_whatever_the_events(events: int) -> None:
+    account, _ = make_account()
+    destinations = [make_destination(account) for _ in range(10)]
+    for n in range(events):
+        ingest.event_ingest(account_id=account.pk, event_id=f"e{n}", payload={"n": n}, size=8)
+    with CaptureQueriesContext(connection) as queries:
+        fanned = ingest.fan_out(account.pk, len(destinations))
+    expected = (
+        ["WITH pending AS"]
+        if connection.vendor == "postgresql"
+        else [
+            "BEGIN",
+            'SELECT "delivery_event"."id" AS',
+            'UPDATE "delivery_event" SET',
+            'SELECT "delivery_destination"."id" AS',
+            'INSERT INTO "delivery_deliverylog"',
+            "COMMIT",
+        ]
+    )
+    statements = [_statement(query["sql"]) for query in queries.captured_queries]
+    if connection.vendor != "postgresql":  # the ORM splits a bulk insert by SQLite's limits
+        statements = [s for i, s in enumerate(statements) if i == 0 or s != statements[i - 1]]
+    assert statements == expected
+    order = [(log.event_id, log.destination_id) for log in fanned.logs]
+    by_event = Event.objects.filter(account=account).order_by("id").values_list("id", flat=True)
+    assert order == [(e, d.pk) for e in by_event for d in destinations]
+    assert fanned.more is False
+    assert not Event.objects.filter(account=account, fanned_out_at=None).exists()

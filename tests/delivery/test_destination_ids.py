@@ -1,6 +1,7 @@
 """Ids from outside are canonicalised once, at the edge: destinationCreate takes the account id
-in any spelling a UUID has, and drops exactly the cache entry the ingest path reads — so the
-next event counts the new destination at once, not after HOT_PATH_CACHE_SECONDS."""
+in any spelling a UUID has, and drops exactly the cache entry the fan-out reads (the account's
+active destination ids) — so the next event goes to the new destination at once, not after
+HOT_PATH_CACHE_SECONDS."""
 
 import json
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import pytest
 from django.core.cache import cache
 
 from delivery import selectors
-from delivery.models import Destination
+from delivery.models import DeliveryLog, Destination
 from identity.models import Account
 from tests.conftest import GraphQL, Persona
 from tests.delivery.conftest import Poster
@@ -46,7 +47,8 @@ def test_destination_created_with_any_uuid_spelling_gets_the_next_event(
         count: int = response.json()["deliveries"]
         return count
 
-    assert deliveries("before") == 0  # caches the (empty) destination list of the account
+    assert deliveries("before") == 0
+    assert selectors.active_destination_ids(account.pk) == []  # cached, as a wake reads it
     assert cache.get(selectors.destinations_cache_key(account.pk)) == []
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -74,3 +76,6 @@ def test_destination_created_with_any_uuid_spelling_gets_the_next_event(
     }
     assert cache.get(selectors.destinations_cache_key(account.pk)) is None
     assert deliveries("after") == 1
+    assert list(DeliveryLog.objects.values_list("event__event_id", "destination")) == [
+        ("after", created.pk)
+    ]

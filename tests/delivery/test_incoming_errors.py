@@ -4,11 +4,14 @@ status, and proof that nothing was stored, scheduled after commit, or enqueued."
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.test import Client, override_settings
+from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from delivery.models import DeliveryLog, Event
@@ -211,21 +214,16 @@ def test_database_outage_is_unavailable_with_retry_after(
     assert response.json() == UNAVAILABLE
 
 
-def test_redis_outage_at_the_destinations_lookup_is_unavailable(
+def test_redis_outage_at_the_token_lookup_is_unavailable(
     post_incoming: Poster,
     app_secret: str,
     nothing_written: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from delivery import selectors
-
-    assert account_id_for_app_secret(app_secret) is not None  # the token lookup is cached
-    real_get = selectors.cache.get
+    from identity import selectors
 
     def get(key: str, *args: Any, **kwargs: Any) -> Any:
-        if key.startswith("destinations:"):
-            raise RedisConnectionError("Connection refused")
-        return real_get(key, *args, **kwargs)
+        raise RedisConnectionError("Connection refused")
 
     monkeypatch.setattr(selectors.cache, "get", get)
     with nothing_written():
@@ -233,6 +231,49 @@ def test_redis_outage_at_the_destinations_lookup_is_unavailable(
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
     assert response.json() == UNAVAILABLE
+
+
+def test_redis_outage_after_commit_is_accepted_and_the_sweeper_fans_the_event_out(
+    post_incoming: Poster,
+    app_secret: str,
+    destinations: None,
+    enqueued: list[Any],
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The event is stored: the answer is 202, and what the lost wake would have done is done
+    # by the sweeper once the grace period has passed (not before).
+    from delivery import engine, tasks
+
+    assert account_id_for_app_secret(app_secret) is not None  # the token lookup is cached
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("Connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "wake_flag", down)
+        response = post_incoming(VALID, token=app_secret, event_id="lost-wake")
+    assert response.status_code == 202, response.content
+    assert response.json()["deliveries"] == 2
+    event = Event.objects.get()
+    assert (event.event_id, event.fanned_out_at, DeliveryLog.objects.count()) == (
+        "lost-wake",
+        None,
+        0,
+    )
+    assert (enqueued, sink.received()) == ([], [])
+
+    assert tasks.sweep_now() == 0
+    assert Event.objects.filter(fanned_out_at=None).count() == 1
+    grace = timedelta(seconds=settings.DELIVERY_SWEEP_GRACE_SECONDS + 1)
+    tasks.sweep_now(now=timezone.now() + grace)
+    event.refresh_from_db()
+    assert event.fanned_out_at is not None
+    assert sorted(DeliveryLog.objects.values_list("destination__url", "status")) == [
+        (f"{sink.url}/a", "success"),
+        (f"{sink.url}/b", "success"),
+    ]
+    assert len(sink.received()) == 2
 
 
 def test_unexpected_error_is_a_json_500(

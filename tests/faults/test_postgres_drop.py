@@ -47,6 +47,11 @@ def test_connection_dropped_mid_delivery_is_retried_not_stuck(
     destination = sink_destination(account, sink, f"/slow/{SEND_SECONDS}")
     worker = processes.worker(workers=2, **WORKER_ENV)
     tasks.event_accept(account_id=account.pk, event_id="cut-1", payload={"n": 1}, size=8)
+    processes.wait_until(
+        lambda: DeliveryLog.objects.filter(destination=destination).exists(),
+        timeout=30,
+        what="the worker to fan the event out",
+    )
     [log] = DeliveryLog.objects.filter(destination=destination)
 
     # The worker is waiting for the sink's answer: its database connection is idle.
