@@ -199,10 +199,13 @@ def _ingest(tenant: seed.Tenant) -> "IngestResult":
 
 
 def _log_id(tenant: seed.Tenant, event_id: str) -> int:
+    """The event's log, once a worker has fanned the event out."""
     from delivery.models import DeliveryLog
 
-    return int(
-        DeliveryLog.objects.filter(account=tenant.account, event__event_id=event_id)
-        .values_list("pk", flat=True)
-        .get()
-    )
+    logs = DeliveryLog.objects.filter(account=tenant.account, event__event_id=event_id)
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while (log_id := logs.values_list("pk", flat=True).first()) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"event {event_id} not fanned out after {EVENT_TIMEOUT} s")
+        time.sleep(0.005)
+    return int(log_id)

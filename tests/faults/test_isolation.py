@@ -110,8 +110,11 @@ def test_hanging_destinations_do_not_delay_a_healthy_one_of_another_account(
     with ThreadPoolExecutor(len(slow_tokens)) as pool:
         statuses = [code for codes in pool.map(post_slow, slow_tokens) for code in codes]
     assert statuses == [202] * (SLOW_EVENTS * slow_accounts)
-    assert DeliveryLog.objects.filter(destination__in=slow_destinations).count() == (
-        SLOW_DESTINATIONS * SLOW_EVENTS
+    slow_logs = DeliveryLog.objects.filter(destination__in=slow_destinations)
+    processes.wait_until(
+        lambda: slow_logs.count() == SLOW_DESTINATIONS * SLOW_EVENTS,
+        timeout=30,
+        what="the slow events to be fanned out",
     )
     processes.wait_until(
         lambda: bool(sink.received(slow_path)), timeout=30, what="a slow delivery to hang"
