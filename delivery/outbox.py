@@ -27,7 +27,6 @@ from delivery.errors import DeliveryErrorCode
 from delivery.models import UNSTORABLE_TEXT, DeliveryAttempt, DeliveryLog, Event, LogStatus
 from identity.errors import NotFound, invalid
 from identity.permissions import Action, Actor, account_ids, check, require_user
-from project.db import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +121,10 @@ RETURNING log.id, log.event_id, log.account_id, log.webhook_id, log.attempt_coun
 def _claim_postgresql(
     destination_id: int, *, limit: int, now: datetime, lease: datetime
 ) -> tuple[list[DeliveryLog], dict[int, tuple[str, datetime | None]]]:
-    with prepared_cursor() as cursor:
+    # Not prepared (project.db.prepared_cursor): a generic plan cannot tell the partial index
+    # of due logs applies, nor how selective the destination is, and scans by due time across
+    # all destinations; each claim is planned with its values.
+    with connection.cursor() as cursor:
         cursor.execute(
             _CLAIM,
             {

@@ -124,7 +124,7 @@ DATABASE_CONN_MAX_AGE = (
     0 if SERVES_ASGI else env_int("DATABASE_CONN_MAX_AGE", 60 if _PERSISTENT_BY_DEFAULT else 0)
 )
 DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 10, minimum=1)
-# The hot paths' statements (accept, fan-out, claim) are prepared once per PostgreSQL
+# The hot paths' statements (accept, fan-out) are prepared once per PostgreSQL
 # connection (project/db.py); off behind PgBouncer older than 1.21 in transaction mode.
 DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 _database: dict[str, Any] = dict(
