@@ -12,6 +12,7 @@ import json
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -193,17 +194,7 @@ def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
         # The last row counts the events marked (some may have had no destination left).
         marked = next(row[1] for row in rows if row[0] is None)
         logs = [
-            DeliveryLog(
-                pk=pk,
-                event_id=event,
-                destination_id=destination,
-                account_id=account_id,
-                webhook_id=webhook_id,
-                status=LogStatus.QUEUED,
-                next_attempt_at=received,
-                received_timestamp=received,
-                updated_at=now,
-            )
+            _queued(account_id, event, destination, received, now, webhook_id=webhook_id, pk=pk)
             for pk, event, destination, webhook_id, received in rows
             if pk is not None
         ]
@@ -220,21 +211,36 @@ def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
         )
         logs = DeliveryLog.objects.bulk_create(
             [
-                DeliveryLog(
-                    event_id=event,
-                    destination_id=destination,
-                    account_id=account_id,
-                    webhook_id=new_webhook_id(),
-                    status=LogStatus.QUEUED,
-                    next_attempt_at=received,
-                    received_timestamp=received,
-                    updated_at=now,
-                )
+                _queued(account_id, event, destination, received, now, webhook_id=new_webhook_id())
                 for event, received in pending
                 for destination in destination_ids
             ]
         )
     return FanOut(logs, more=len(pending) >= limit)
+
+
+def _queued(
+    account_id: uuid.UUID,
+    event_pk: int,
+    destination_id: int,
+    received: datetime,
+    now: datetime,
+    *,
+    webhook_id: str,
+    pk: int | None = None,
+) -> DeliveryLog:
+    """A `queued` log of a fanned-out event, due since the event was received."""
+    return DeliveryLog(
+        pk=pk,
+        event_id=event_pk,
+        destination_id=destination_id,
+        account_id=account_id,
+        webhook_id=webhook_id,
+        status=LogStatus.QUEUED,
+        next_attempt_at=received,
+        received_timestamp=received,
+        updated_at=now,
+    )
 
 
 # Logs one fan-out creates at most (fewer events per batch for an account with many

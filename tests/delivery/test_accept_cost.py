@@ -31,9 +31,9 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from delivery import engine, ingest, live
-from delivery.models import Event, LogStatus
-from tests.delivery.conftest import Poster
+from delivery import engine, ingest, live, tasks
+from delivery.models import DeliveryLog, Event, LogStatus
+from tests.delivery.conftest import Poster, task_calls
 from tests.factories import make_account, make_destination
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -227,3 +227,26 @@ def test_one_fan_out_is_one_statement_on_postgresql_whatever_the_events(events: 
     assert order == [(e, d.pk) for e in by_event for d in destinations]
     assert fanned.more is False
     assert not Event.objects.filter(account=account, fanned_out_at=None).exists()
+
+
+def test_a_wake_fans_out_a_few_batches_then_wakes_the_account_again(
+    monkeypatch: pytest.MonkeyPatch, enqueued: list[Any]
+) -> None:
+    # One event per batch (FAN_OUT_ROWS 2, two destinations); seven pending events.
+    monkeypatch.setattr(ingest, "FAN_OUT_ROWS", 2)
+    monkeypatch.setattr(engine, "lanes_to_start", lambda ids: [])  # no delivery here
+    account, _ = make_account()
+    destinations = [make_destination(account) for _ in range(2)]
+    for n in range(7):
+        ingest.event_ingest(account_id=account.pk, event_id=f"e{n}", payload={"n": n}, size=8)
+
+    tasks.wake_account(str(account.pk))  # immediate mode: the second wake runs inline
+
+    assert task_calls(enqueued, "wake_account") == [(str(account.pk),)] * 2
+    assert not Event.objects.filter(account=account, fanned_out_at=None).exists()
+    events = list(Event.objects.filter(account=account).order_by("id"))
+    logs = DeliveryLog.objects.filter(account=account).order_by("id")
+    assert [(log.event_id, log.destination_id) for log in logs] == [
+        (e.pk, d.pk) for e in events for d in destinations
+    ]
+    assert {log.received_timestamp for log in logs} == {e.received_at for e in events}
