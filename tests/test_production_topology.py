@@ -197,6 +197,49 @@ async def test_make_prod_serves_api_websocket_admin_and_delivers_through_nginx(
 
 
 @services_only
+@needs_nginx
+def test_accept_after_the_database_dropped_the_connections_is_503_then_202(
+    processes: Processes,
+) -> None:
+    # The accept path skips the health check round trip (delivery/ingest.py): a gunicorn
+    # worker whose persistent connection the server closed answers its next request 503 with
+    # Retry-After, writes nothing, and connects again for the one after.
+    from delivery.models import Event
+    from tests.factories import make_destination
+    from tests.faults.test_postgres_drop import terminate_other_backends
+
+    account, secret = make_account()
+    make_destination(account, "http://127.0.0.1:9/x")
+    env = {**prod_env(), "WORKERS": "0", "GUNICORN_WORKERS": "1"}  # the accept path only
+    _, base = start_prod(processes, env)
+    session = requests.Session()
+
+    def post(n: int) -> requests.Response:
+        return session.post(
+            f"{base}/server/incoming_data/",
+            data=json.dumps({"n": n}),
+            headers={"Content-Type": "application/json", "CL-X-TOKEN": secret},
+            timeout=30,
+        )
+
+    before = [post(n) for n in range(4)]  # the gunicorn worker holds a connection now
+    assert {r.status_code for r in before} == {202}
+    assert terminate_other_backends() >= 1
+    after = [post(n) for n in range(4, 12)]
+    assert [r.status_code for r in after] == [503] + [202] * 7
+    assert after[0].json() == {
+        "success": False,
+        "code": "unavailable",
+        "message": "Temporarily unavailable; retry.",
+    }
+    assert after[0].headers["Retry-After"] == "5"
+    accepted = {r.json()["event_id"] for r in before + after if r.status_code == 202}
+    assert set(Event.objects.filter(account=account).values_list("event_id", flat=True)) == (
+        accepted
+    )
+
+
+@services_only
 @pytest.mark.parametrize("kind", ["daphne", "serve"])
 def test_asgi_path_keeps_connections_bounded_with_conn_max_age_set(
     kind: str, processes: Processes
