@@ -81,8 +81,8 @@ def prepared_cursor(*, health_check: bool = True) -> CursorWrapper:
     and query logging apply. Without `health_check`, a persistent connection is not checked
     with a round trip first (CONN_HEALTH_CHECKS): a connection the server closed meanwhile
     fails this statement instead (OperationalError), and Django closes it when the request
-    ends. Elsewhere, and while queries are logged (DEBUG, or a test that
-    captures them: psycopg keeps no text of a prepared statement to log), Django's cursor."""
+    ends. Elsewhere, and while queries are logged (DEBUG, or a test that captures them:
+    psycopg keeps no text of a prepared statement to log), Django's cursor."""
     if (
         connection.vendor != "postgresql"
         or not settings.DATABASE_PREPARED_STATEMENTS

@@ -60,7 +60,7 @@ def test_redis_queue_hands_out_maintenance_before_queued_deliveries() -> None:
     assert names[2:] == ["deliver"] * 6
 
 
-BACKLOG = 20
+BACKLOG = 40
 
 
 @pytest.mark.slow
@@ -76,6 +76,10 @@ def test_a_sweep_runs_before_the_backlog_of_deliveries_drains(
     for n in range(BACKLOG):
         tasks.event_accept(account_id=account.pk, event_id=f"b-{n}", payload={"n": n}, size=8)
     processes.wait_until(lambda: len(sink.received()) >= 1, timeout=30, what="the first send")
+    backlog = DeliveryLog.objects.filter(event__event_id__startswith="b-")
+    processes.wait_until(
+        lambda: backlog.count() == BACKLOG, timeout=30, what="the backlog to be fanned out"
+    )
     abandoned = due_log(
         sink_destination(account, sink, "/fast"),
         status=LogStatus.SENDING,
@@ -89,9 +93,7 @@ def test_a_sweep_runs_before_the_backlog_of_deliveries_drains(
         timeout=60,
         what="the sweeper to take the abandoned send back",
     )
-    waiting = DeliveryLog.objects.filter(event__event_id__startswith="b-").exclude(
-        status=LogStatus.SUCCESS
-    )
+    waiting = backlog.exclude(status=LogStatus.SUCCESS)
     still_queued = waiting.count()
     print(f"\nthe sweep ran with {still_queued} of {BACKLOG} deliveries still to do")
     assert still_queued >= BACKLOG // 2
