@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
+from delivery import selectors
 from delivery.models import DeliveryLog, Destination, Event, LogStatus, new_webhook_id
 from identity.models import Account
 from project.db import prepared_cursor, retry_contended
@@ -85,16 +85,12 @@ def _known(account_id: uuid.UUID, event_id: str | None) -> IngestResult | None:
         deliveries = (
             original.logs.count()
             if original.fanned_out_at is not None
-            else _active_destinations(account_id).count()
+            else selectors.active_destinations(account_id).count()
         )
         return IngestResult(original.event_id, deliveries, duplicate=True)
     if not Account.objects.filter(pk=account_id).exists():
         raise AccountGone from None
     return None
-
-
-def _active_destinations(account_id: uuid.UUID) -> QuerySet[Destination]:
-    return Destination.objects.filter(account_id=account_id, is_active=True)
 
 
 def _body_text(body: bytes | None) -> str:
@@ -154,7 +150,7 @@ def _event_insert(
             (deliveries,) = cursor.fetchone()
     else:
         with transaction.atomic():
-            deliveries = _active_destinations(account_id).count()
+            deliveries = selectors.active_destinations(account_id).count()
             Event.objects.create(
                 account_id=account_id,
                 event_id=event_id,
@@ -207,7 +203,7 @@ def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
         )
         Event.objects.filter(pk__in=[pk for pk, _ in pending]).update(fanned_out_at=now)
         destination_ids = list(
-            _active_destinations(account_id).order_by("id").values_list("id", flat=True)
+            selectors.active_destinations(account_id).order_by("id").values_list("id", flat=True)
         )
         logs = DeliveryLog.objects.bulk_create(
             [

@@ -53,17 +53,18 @@ def destinations_cache_key(account_id: object) -> str:
     return f"destinations:{account_id}"
 
 
+def active_destinations(account_id: uuid.UUID) -> QuerySet[Destination]:
+    """The destinations the account's events are delivered to."""
+    return Destination.objects.filter(account_id=account_id, is_active=True)
+
+
 def active_destination_ids(account_id: uuid.UUID) -> list[int]:
-    """Ids of the account's active destinations, cached for the ingest hot path; the
+    """Ids of the account's active destinations, cached for the wake of its lanes; the
     destination services drop the entry on every change."""
     key = destinations_cache_key(account_id)
     ids: list[int] | None = cache.get(key)
     if ids is None:
-        ids = list(
-            Destination.objects.filter(account_id=account_id, is_active=True)
-            .order_by("id")
-            .values_list("id", flat=True)
-        )
+        ids = list(active_destinations(account_id).order_by("id").values_list("id", flat=True))
         cache.set(key, ids, settings.HOT_PATH_CACHE_SECONDS)
     return ids
 
