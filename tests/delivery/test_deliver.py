@@ -398,7 +398,7 @@ def test_unexpected_error_while_sending_is_an_attempt_retried_within_the_schedul
     def broken() -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(transport, "_session", broken)
+    monkeypatch.setattr(transport, "_adapter", broken)
     log = due_log(sink_destination(account, sink))
 
     assert [engine.deliver_log(log_id=log.pk) for _ in range(3)] == [
