@@ -253,7 +253,8 @@ def record(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
 def _storable(text: str, limit: int | None = None) -> str:
     """`text` without what PostgreSQL text/jsonb and UTF-8 cannot hold (NUL, unpaired
     surrogates: each becomes U+FFFD), cut to `limit` characters."""
-    return UNSTORABLE_TEXT.sub("\ufffd", text[:limit])
+    text = text[:limit]
+    return UNSTORABLE_TEXT.sub("\ufffd", text) if UNSTORABLE_TEXT.search(text) else text
 
 
 def _record(results: Sequence[Result], *, lease: datetime) -> list[DeliveryLog]:
@@ -291,20 +292,18 @@ def _write_results(results: Sequence[Result], *, lease: datetime) -> list[Delive
                     result.log.pk,
                     result.status,
                 )
-        DeliveryAttempt.objects.bulk_create(
+        _insert_attempts(
             [
-                DeliveryAttempt(
-                    log=result.log,
-                    number=result.log.attempt_count,
-                    started_at=now - timedelta(milliseconds=outcome.duration_ms),
-                    duration_ms=outcome.duration_ms,
-                    status_code=outcome.status_code,
-                    response_headers={
-                        _storable(name): _storable(value) for name, value in outcome.headers.items()
-                    },
-                    response_body=_storable(outcome.body),
-                    error_class=_storable(outcome.error_class, 100),
-                    error_message=_storable(outcome.error_message),
+                (
+                    result.log.pk,
+                    result.log.attempt_count,
+                    now - timedelta(milliseconds=outcome.duration_ms),
+                    outcome.duration_ms,
+                    outcome.status_code,
+                    {_storable(name): _storable(value) for name, value in outcome.headers.items()},
+                    _storable(outcome.body),
+                    _storable(outcome.error_class, 100),
+                    _storable(outcome.error_message),
                 )
                 for result in results
                 if (outcome := result.outcome) is not None and result.log.pk in held
@@ -366,6 +365,50 @@ def _update_claimed(logs: Sequence[DeliveryLog], *, lease: datetime) -> set[int]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row[0] for row in cursor.fetchall()}
+
+
+_ATTEMPT_COLUMNS = [
+    "log_id",
+    "number",
+    "started_at",
+    "duration_ms",
+    "status_code",
+    "response_headers",
+    "response_body",
+    "error_class",
+    "error_message",
+]
+
+
+def _insert_attempts(rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert attempts (values in _ATTEMPT_COLUMNS order) in ONE statement. Building model
+    instances for bulk_create cost more CPU than the statement; this writes the same rows."""
+    if not rows:
+        return
+    ops = connection.ops
+    jsonb = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    placeholder = f"(%s, %s, %s, %s, %s, {jsonb}, %s, %s, %s)"
+    params: list[Any] = []
+    for log_id, number, started, duration, code, headers, body, error_class, message in rows:
+        params += [
+            log_id,
+            number,
+            ops.adapt_datetimefield_value(started),
+            duration,
+            code,
+            json.dumps(headers),
+            body,
+            error_class,
+            message,
+        ]
+    table = DeliveryAttempt._meta.db_table
+    # Identifiers are the model's; every value is a parameter.
+    sql = (
+        f"INSERT INTO {table} ({', '.join(_ATTEMPT_COLUMNS)}) "  # noqa: S608
+        f"VALUES {', '.join([placeholder] * len(rows))}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def next_due(destination_id: int) -> datetime | None:

@@ -12,7 +12,7 @@ from django.db import DataError
 from django.test import override_settings
 from django.utils import timezone
 
-from delivery import engine, tasks, transport
+from delivery import engine, outbox, tasks, transport
 from delivery.models import DeliveryAttempt, DeliveryLog, LogStatus
 from identity.models import Account
 from tests.delivery.conftest import due_log, sink_destination
@@ -494,16 +494,16 @@ def test_text_of_an_outcome_is_made_storable_everywhere(
 def test_attempt_that_cannot_be_stored_is_recorded_without_the_answer(
     account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_create = DeliveryAttempt.objects.bulk_create
-    tried: list[list[DeliveryAttempt]] = []
+    real_insert = outbox._insert_attempts
+    tried: list[list[tuple[Any, ...]]] = []
 
-    def create(attempts: list[DeliveryAttempt], **options: Any) -> list[DeliveryAttempt]:
-        tried.append(list(attempts))
+    def insert(rows: list[tuple[Any, ...]]) -> None:
+        tried.append(list(rows))
         if len(tried) == 1:
             raise DataError("simulated: the answer cannot be stored")
-        return real_create(attempts, **options)
+        real_insert(rows)
 
-    monkeypatch.setattr(DeliveryAttempt.objects, "bulk_create", create)
+    monkeypatch.setattr(outbox, "_insert_attempts", insert)
     log = deliver(due_log(sink_destination(account, sink, "/status/404")))
 
     assert len(tried) == 2

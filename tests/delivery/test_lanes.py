@@ -481,6 +481,114 @@ def test_a_slow_destination_without_slow_lane_room_is_deferred_keeping_its_slot(
     assert not slot_held(destination)
 
 
+# --- 7b. The quick-lane cap -------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_room(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """What each wait for quick-lane room ended in (True: room taken), in order; this
+    process's quick-lane state starts empty and is left as found."""
+    engine.quick_lanes.known.clear()
+    waits: list[bool] = []
+    room = engine.quick_lanes._room
+    real_wait = room.wait_for
+
+    def wait_for(predicate: Any, timeout: float | None = None) -> bool:
+        waits.append(bool(real_wait(predicate, timeout)))
+        return waits[-1]
+
+    monkeypatch.setattr(room, "wait_for", wait_for)
+    yield waits
+    assert engine.quick_lanes.running == 0
+    engine.quick_lanes.known.clear()
+
+
+@pytest.mark.parametrize(
+    ("path", "quick"), [pytest.param("/", True, id="quick"), pytest.param("/slow/0.05", False)]
+)
+def test_a_lane_learns_whether_its_destination_answers_quickly(
+    account: Account, sink: Sink, quick_room: list[bool], path: str, quick: bool
+) -> None:
+    destination = sink_destination(account, sink, path)
+    logs = [due_log(destination) for _ in range(3)]
+
+    assert start(destination) == engine.LaneRun(sent=3)
+
+    assert engine.quick_lanes.known == {destination.pk: quick}
+    assert sent(sink) == webhook_ids(logs)
+    # Its first send went out alone (pace unknown), the rest as one batch: waited for room
+    # only when known quick by then.
+    assert quick_room == ([True] if quick else [])
+
+
+@override_settings(DELIVERY_QUICK_LANES=1, DELIVERY_BATCH_SIZE=2)
+def test_a_quick_lane_waits_for_room_between_batches_and_goes_on_when_none_comes(
+    account: Account,
+    sink: Sink,
+    claims: Claims,
+    quick_room: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine, "QUICK_WAIT_SECONDS", 0.01)
+    destination = sink_destination(account, sink)
+    set_pace(destination, engine.FAST)
+    engine.quick_lanes.learn(destination.pk, True)
+    logs = [due_log(destination) for _ in range(5)]
+    assert engine.quick_lanes.enter(destination.pk)  # another quick lane holds the room
+    try:
+        assert start(destination) == engine.LaneRun(sent=5)
+        # The holder's wait, then one per claim (the last one short: nothing more to claim),
+        # each timed out; the lane went on without room, so the count stayed the holder's.
+        assert quick_room == [True, False, False, False]
+        assert engine.quick_lanes.running == 1
+    finally:
+        engine.quick_lanes.leave()
+    assert claims == [(2, 2), (2, 2), (2, 1)]
+    assert sent(sink) == webhook_ids(logs)
+
+    # With room free, each batch takes it and gives it back.
+    more = [due_log(destination) for _ in range(3)]
+    quick_room.clear()
+    assert engine.lane_run(destination.pk) == engine.LaneRun(sent=3)
+    assert quick_room == [True, True]
+    assert sent(sink)[5:] == webhook_ids(more)
+
+
+@pytest.mark.parametrize(
+    ("limit", "known"),
+    [
+        pytest.param(1, False, id="not-quick"),
+        pytest.param(1, None, id="unknown-here"),
+        pytest.param(0, True, id="no-limit"),
+    ],
+)
+def test_only_quick_lanes_wait_for_room(
+    account: Account,
+    sink: Sink,
+    quick_room: list[bool],
+    settings: Any,
+    limit: int,
+    known: bool | None,
+) -> None:
+    destination = sink_destination(account, sink, "/slow/0.05" if known is False else "/")
+    set_pace(destination, engine.FAST)
+    if known is not None:
+        engine.quick_lanes.learn(destination.pk, known)
+    settings.DELIVERY_QUICK_LANES = 1
+    other = sink_destination(account, sink)
+    engine.quick_lanes.learn(other.pk, True)
+    assert engine.quick_lanes.enter(other.pk)  # the one room is taken
+    settings.DELIVERY_QUICK_LANES = limit
+    try:
+        logs = [due_log(destination) for _ in range(3)]
+        assert start(destination) == engine.LaneRun(sent=3)
+    finally:
+        engine.quick_lanes.leave()
+
+    assert quick_room == [True]  # the holder's own wait
+    assert sent(sink) == webhook_ids(logs)
+
+
 # --- 8. More than one lane per destination -------------------------------------------------------
 
 
