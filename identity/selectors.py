@@ -1,6 +1,7 @@
 """Read operations, each returning a queryset already scoped to what the actor may see, so
 that filters applied afterwards can only narrow it."""
 
+import time
 import uuid
 
 from django.conf import settings
@@ -94,19 +95,45 @@ def app_secret_cache_key(secret_hash: str) -> str:
     return f"appsecret:{secret_hash}"
 
 
+# Current app secrets seen by this process: digest -> (until, account id), for at most
+# APP_SECRET_LOCAL_SECONDS (a copy of the shared cache entry, so that a busy sender costs no
+# cache round trip per event; a rotation here drops it at once, elsewhere within that time).
+_seen_secrets: dict[str, tuple[float, uuid.UUID]] = {}
+_SEEN_SECRETS_MAX = 10_000
+
+
 def account_id_for_app_secret(raw: str) -> uuid.UUID | None:
     """Like `account_for_app_secret`, for the hot path: only the account id, cached for the
     current secret (services drop the entry when the secret is rotated or the account
-    deleted). A previous secret in its grace period is always checked in the database."""
+    deleted), and kept in this process for APP_SECRET_LOCAL_SECONDS. A previous secret in its
+    grace period is always checked in the database."""
     if not raw:
         return None
-    key = app_secret_cache_key(secrets.digest(raw))
-    cached = cache.get(key)
+    hashed = secrets.digest(raw)
+    seen = _seen_secrets.get(hashed)
+    now = time.monotonic()
+    if seen is not None and seen[0] > now:
+        return seen[1]
+    cached = cache.get(app_secret_cache_key(hashed))
     if cached is not None:
-        return uuid.UUID(cached)
-    account = account_for_app_secret(raw)
-    if account is None:
-        return None
-    if account.secret_hash == secrets.digest(raw):
-        cache.set(key, str(account.pk), settings.HOT_PATH_CACHE_SECONDS)
-    return account.pk
+        account_id = uuid.UUID(cached)
+    else:
+        account = account_for_app_secret(raw)
+        if account is None:
+            return None
+        if account.secret_hash != hashed:
+            return account.pk  # a previous secret: never cached
+        account_id = account.pk
+        cache.set(app_secret_cache_key(hashed), str(account_id), settings.HOT_PATH_CACHE_SECONDS)
+    if settings.APP_SECRET_LOCAL_SECONDS > 0:
+        if len(_seen_secrets) >= _SEEN_SECRETS_MAX:
+            _seen_secrets.clear()
+        _seen_secrets[hashed] = (now + settings.APP_SECRET_LOCAL_SECONDS, account_id)
+    return account_id
+
+
+def forget_app_secrets(secret_hashes: list[str]) -> None:
+    """Drop this process's copies of these secrets' lookups (the shared entries are the
+    caller's to delete)."""
+    for hashed in secret_hashes:
+        _seen_secrets.pop(hashed, None)

@@ -350,9 +350,11 @@ def account_rotate_secret(
 
 def _forget_secrets(account: Account) -> None:
     """Drop cached app-secret lookups of the account once the change is committed."""
-    keys = [
-        selectors.app_secret_cache_key(h)
-        for h in (account.secret_hash, account.previous_secret_hash)
-        if h
-    ]
-    transaction.on_commit(lambda: cache.delete_many(keys))
+    hashes = [h for h in (account.secret_hash, account.previous_secret_hash) if h]
+    keys = [selectors.app_secret_cache_key(h) for h in hashes]
+
+    def forget() -> None:
+        selectors.forget_app_secrets(hashes)
+        cache.delete_many(keys)
+
+    transaction.on_commit(forget)

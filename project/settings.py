@@ -227,6 +227,9 @@ for _name in ("DELIVERY_LANE_SLICE_SECONDS", "DELIVERY_SLOW_SECONDS"):
 DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum=1)
 # How long app-secret and destination lookups stay cached (services invalidate on change).
 HOT_PATH_CACHE_SECONDS = 300
+# How long one process keeps its own copy of an app-secret lookup: a rotated or deleted
+# secret stops working in other processes within this time (at once in the one that rotated).
+APP_SECRET_LOCAL_SECONDS = env_float("APP_SECRET_LOCAL_SECONDS", 1.0)
 
 # --- Live status ----------------------------------------------------------------------------
 # Browser origins (besides the server's own) allowed to open the GraphQL WebSocket.

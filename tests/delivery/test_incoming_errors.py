@@ -128,6 +128,77 @@ def test_rotated_away_secret_is_unauthenticated_at_once(
     assert response.json() == error("unauthenticated", "Missing or invalid CL-X-TOKEN.")
 
 
+class _Clock:
+    """identity.selectors' monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> tuple[_Clock, list[str]]:
+    """A hand-moved clock for the app-secret lookup, and the shared-cache reads it makes."""
+    from identity import selectors
+
+    clock = _Clock()
+    monkeypatch.setattr(selectors.time, "monotonic", clock)
+    reads: list[str] = []
+    real_get = selectors.cache.get
+
+    def get(key: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return real_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(selectors.cache, "get", get)
+    return clock, reads
+
+
+@override_settings(APP_SECRET_LOCAL_SECONDS=1.0)
+def test_an_app_secret_lookup_is_kept_in_the_process_for_a_second(
+    account: Account, app_secret: str, lookups: tuple[_Clock, list[str]]
+) -> None:
+    clock, reads = lookups
+    assert account_id_for_app_secret(app_secret) == account.pk  # database, then both caches
+    assert len(reads) == 1
+    clock.now += 0.99
+    assert account_id_for_app_secret(app_secret) == account.pk
+    assert len(reads) == 1  # no cache round trip
+    clock.now += 0.02
+    assert account_id_for_app_secret(app_secret) == account.pk
+    assert len(reads) == 2  # the shared cache again
+
+
+@override_settings(APP_SECRET_LOCAL_SECONDS=1.0)
+def test_a_secret_rotated_by_another_process_stops_working_here_within_a_second(
+    account: Account, app_secret: str, lookups: tuple[_Clock, list[str]]
+) -> None:
+    from identity import secrets, selectors
+
+    clock, _reads = lookups
+    assert account_id_for_app_secret(app_secret) == account.pk
+    # Another process rotates the secret: the database and the shared cache change, this
+    # process's copy does not.
+    Account.objects.filter(pk=account.pk).update(secret_hash="0" * 64)
+    cache_key = selectors.app_secret_cache_key(secrets.digest(app_secret))
+    selectors.cache.delete(cache_key)
+    clock.now += 0.5
+    assert account_id_for_app_secret(app_secret) == account.pk
+    clock.now += 0.51
+    assert account_id_for_app_secret(app_secret) is None
+
+
+@override_settings(APP_SECRET_LOCAL_SECONDS=0.0)
+def test_without_the_process_copy_every_lookup_reads_the_shared_cache(
+    account: Account, app_secret: str, lookups: tuple[_Clock, list[str]]
+) -> None:
+    _clock, reads = lookups
+    assert [account_id_for_app_secret(app_secret) for _ in range(3)] == [account.pk] * 3
+    assert len(reads) == 3
+
+
 def test_get_is_method_not_allowed(app_secret: str, nothing_written: Any) -> None:
     with nothing_written():
         response = Client().get(INCOMING, headers={"CL-X-TOKEN": app_secret})
