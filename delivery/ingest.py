@@ -2,8 +2,9 @@
 
 `event_ingest` stores the event alone (one statement on PostgreSQL), whatever the number of
 destinations, and counts the account's active destinations for the answer; nothing is
-enqueued here. The caller hands the result to `tasks.after_accept`, which wakes the account
-(one cache round trip; one enqueue when no wake is pending). A worker then runs `fan_out`:
+enqueued here. On PostgreSQL with workers, the same statement NOTIFYs them (`wake_by_notify`,
+delivery/wakes.py); otherwise the caller hands the result to `tasks.after_accept`, which wakes
+the account (one cache round trip; one enqueue when no wake is pending). A worker runs `fan_out`:
 one `queued` log per active destination for every pending event of the account, many events
 per statement. The event row is the outbox of its fan-out (`fanned_out_at` null until its logs
 exist): if the wake is lost, the sweeper finds the pending event."""
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -32,6 +34,8 @@ class IngestResult:
     account_id: uuid.UUID | None = None
     # The event waits for its fan-out (false for a duplicate, or with no active destination).
     pending: bool = False
+    # Its commit notified the workers (`wake_by_notify`): nothing more wakes the account.
+    notified: bool = False
 
 
 class AccountGone(Exception):
@@ -119,8 +123,24 @@ event AS (
     FROM d
     RETURNING id
 )
-SELECT d.n FROM d, event
+SELECT d.n, CASE WHEN %(notify)s AND d.n > 0 THEN pg_notify(%(channel)s, %(account)s::text) END
+FROM d, event
 """  # noqa: S608 (table names are the models'; every value is a parameter)
+
+# The channel of the wake notifications (`wake_by_notify`): the account id of an event pending
+# its fan-out, delivered to every listening worker process when the event commits.
+WAKE_CHANNEL = "datapusher_wake"
+
+
+def wake_by_notify() -> bool:
+    """Whether an accepted event wakes its account by NOTIFY on the event's own statement
+    (PostgreSQL, DELIVERY_WAKE_NOTIFY on, and a queue consumed by workers: their listener,
+    delivery/wakes.py, sets the wake flag) instead of a cache round trip after commit."""
+    from huey.contrib.djhuey import HUEY
+
+    return (
+        connection.vendor == "postgresql" and settings.DELIVERY_WAKE_NOTIFY and not HUEY.immediate
+    )
 
 
 def _event_insert(
@@ -135,6 +155,7 @@ def _event_insert(
         # old connection answers 503 with Retry-After, as during the outage, and nothing is
         # written; the next one connects again.
         scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
+        notified = wake_by_notify()
         with scope, prepared_cursor(health_check=False) as cursor:
             cursor.execute(
                 _INSERT,
@@ -145,10 +166,13 @@ def _event_insert(
                     "body": body,
                     "size": size,
                     "now": now,
+                    "notify": notified,
+                    "channel": WAKE_CHANNEL,
                 },
             )
-            (deliveries,) = cursor.fetchone()
+            deliveries, _ = cursor.fetchone()
     else:
+        notified = False
         with transaction.atomic():
             deliveries = selectors.active_destinations(account_id).count()
             Event.objects.create(
@@ -161,7 +185,12 @@ def _event_insert(
                 fanned_out_at=None if deliveries else now,
             )
     return IngestResult(
-        event_id, deliveries, duplicate=False, account_id=account_id, pending=bool(deliveries)
+        event_id,
+        deliveries,
+        duplicate=False,
+        account_id=account_id,
+        pending=bool(deliveries),
+        notified=notified and bool(deliveries),
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from huey import crontab
 from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
 
-from delivery import engine, ingest, live, maintenance, selectors
+from delivery import engine, ingest, live, maintenance, selectors, wakes
 from delivery.ingest import IngestResult
 from delivery.models import DeliveryLog
 from identity.auth import tokens_purge
@@ -54,13 +54,19 @@ def after_accept(result: IngestResult) -> None:
     """After an event's commit: wake the account (one cache round trip; one enqueue when no
     wake is pending), whose worker fans the event out. Never raises: the event is committed,
     and the sweeper finds it pending if this is lost."""
-    if not result.pending:
-        return
-    try:
-        if engine.wake_flag(str(result.account_id)):
-            wake_account(str(result.account_id))
-    except Exception:
-        logger.exception("Could not wake account %s; the sweeper will", result.account_id)
+    if result.pending and not result.notified:
+        wake_accounts([str(result.account_id)])
+
+
+def wake_accounts(account_ids: Iterable[str]) -> None:
+    """Enqueue a wake of each account that has none pending (its wake flag). Never raises:
+    the sweeper finds the pending events if this is lost."""
+    for account_id in account_ids:
+        try:
+            if engine.wake_flag(account_id):
+                wake_account(account_id)
+        except Exception:
+            logger.exception("Could not wake account %s; the sweeper will", account_id)
 
 
 def wake_destinations(destination_ids: Iterable[int | None], *, run_one_here: bool = False) -> None:
@@ -169,8 +175,9 @@ _startup_lock = threading.Lock()
 
 @HUEY.on_startup()
 def sweep_on_start() -> None:
-    """Recover right away after a crash instead of waiting for the next periodic sweep
-    (once per process, although every worker thread runs startup hooks)."""
+    """Recover right away after a crash instead of waiting for the next periodic sweep, and
+    listen for accepted events' wakes on PostgreSQL (delivery/wakes.py); once per process,
+    although every worker thread runs startup hooks."""
     with _startup_lock:
         if _startup_sweep_done.is_set():
             return
@@ -183,3 +190,5 @@ def sweep_on_start() -> None:
         from django.db import close_old_connections
 
         close_old_connections()
+    if ingest.wake_by_notify():
+        wakes.start(wake_accounts)
