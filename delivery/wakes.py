@@ -47,11 +47,11 @@ def listen(wake: Wake, stop: threading.Event, *, ready: threading.Event | None =
                 if ready is not None:
                     ready.set()
                 while not stop.is_set():
+                    # One packet's notifications at a time (psycopg yields all it read).
                     accounts = {
                         n.payload for n in listener.notifies(timeout=WAIT_SECONDS, stop_after=1)
                     }
                     if accounts:
-                        accounts |= {n.payload for n in listener.notifies(timeout=0)}
                         wake(accounts)
         except Exception:
             logger.exception(

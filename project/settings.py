@@ -225,8 +225,9 @@ for _name in ("DELIVERY_LANE_SLICE_SECONDS", "DELIVERY_SLOW_SECONDS"):
     if not globals()[_name] > 0:
         raise ImproperlyConfigured(f"{_name} must be > 0; got {globals()[_name]}")
 # PostgreSQL: an accepted event wakes the workers by NOTIFY from its own statement (no Redis
-# round trip in the server process); the workers LISTEN on a direct connection.
-DELIVERY_WAKE_NOTIFY = env_bool("DELIVERY_WAKE_NOTIFY", True)
+# round trip in the server process); the workers LISTEN on a direct connection. Off by
+# default: it costs the server less but adds latency (README: The delivery engine).
+DELIVERY_WAKE_NOTIFY = env_bool("DELIVERY_WAKE_NOTIFY", False)
 DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum=1)
 # How long app-secret and destination lookups stay cached (services invalidate on change).
 HOT_PATH_CACHE_SECONDS = 300

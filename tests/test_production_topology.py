@@ -273,9 +273,8 @@ def test_asgi_path_keeps_connections_bounded_with_conn_max_age_set(
         statuses = [code for codes in pool.map(client, range(16)) for code in codes]
 
     assert Counter(statuses) == {202: 400}, server.output(3000)
-    # The pool's 8 (the queue consumer threads of `serve` pool too), plus, for `serve`, its
-    # consumer's wake listener (delivery/wakes.py: LISTEN needs a connection of its own).
-    assert backends() <= (9 if kind == "serve" else 8)
+    # The pool's 8, plus the queue consumer threads of `serve` (which pool too) at most.
+    assert backends() <= 8
 
 
 PROBE = (

@@ -54,12 +54,10 @@ REDIS = [
     "SET",  # the rate limit's window (cache.add) ...
     "EXISTS",  # ... and its count (cache.incr: two round trips)
     "INCRBY",
+    # after commit (unless DELIVERY_WAKE_NOTIFY on PostgreSQL: tests/delivery/test_wakes.py):
+    "SET",  # the account's wake flag (cache.add) ...
+    "ZADD",  # ... set, so one wake_account task (the fan-out) is enqueued (Huey's priority queue)
 ]
-if connection.vendor != "postgresql":
-    # After commit, the account's wake flag (cache.add) set, so one wake_account task (the
-    # fan-out) is enqueued (Huey's priority queue). On PostgreSQL the event's own statement
-    # notifies the workers' listener instead (delivery/wakes.py, tests/delivery/test_wakes.py).
-    REDIS += ["SET", "ZADD"]
 
 
 def _command_name(command: Any) -> str:

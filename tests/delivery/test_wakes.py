@@ -50,6 +50,7 @@ def with_destinations(count: int) -> tuple[Account, str]:
     return account, secret
 
 
+@override_settings(DELIVERY_WAKE_NOTIFY=True)
 def test_an_accepted_event_notifies_its_account_and_sets_no_wake_flag(
     post_incoming: Poster, real_queue: Any, listening: psycopg.Connection[Any]
 ) -> None:
@@ -69,7 +70,7 @@ def test_an_accepted_event_notifies_its_account_and_sets_no_wake_flag(
     [
         pytest.param(0, False, True, id="nothing-to-fan-out"),
         pytest.param(2, True, True, id="no-workers-immediate-mode"),
-        pytest.param(2, False, False, id="setting-off"),
+        pytest.param(2, False, False, id="setting-off-the-default"),
     ],
 )
 def test_no_notification_without_a_fan_out_or_listening_workers(
