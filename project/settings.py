@@ -220,7 +220,7 @@ DELIVERY_SLOW_SECONDS = env_float("DELIVERY_SLOW_SECONDS", 1.0)
 DELIVERY_SLOW_LANES = env_int("DELIVERY_SLOW_LANES", 4, minimum=1)
 # Batches of quick destinations (answers in under 10 ms) one worker process sends at once (0: no
 # limit): more threads busy with CPU only contend for the interpreter lock (delivery/engine.py).
-DELIVERY_QUICK_LANES = env_int("DELIVERY_QUICK_LANES", 4)
+DELIVERY_QUICK_LANES = env_int("DELIVERY_QUICK_LANES", 2)
 for _name in ("DELIVERY_LANE_SLICE_SECONDS", "DELIVERY_SLOW_SECONDS"):
     if not globals()[_name] > 0:
         raise ImproperlyConfigured(f"{_name} must be > 0; got {globals()[_name]}")
