@@ -2,8 +2,8 @@
 `ingest.WAKE_CHANNEL` and hands the account ids it is told about to a callback (the task
 layer's `wake_accounts`: a wake flag, and one enqueue when none is pending).
 
-Notifications are handled in batches (everything already received at once, each account once
-per batch), so a busy account costs a cache round trip per batch, not per event. A
+Notifications are handled in batches (all that one read from the socket brought, each account
+once per batch), so a busy account costs a cache round trip per batch, not per event. A
 notification sent while no listener is connected is lost: on every (re)connect, before
 waiting, the listener wakes every account that has events pending their fan-out. The listen
 connection is a direct one (LISTEN needs a session: not through a transaction-mode pooler)."""
