@@ -84,3 +84,21 @@ def test_graphql_introspection_setting_overrides_the_debug_default(
     result = load_settings(DEBUG=debug, ENCRYPTION_KEYS=KEY_A, GRAPHQL_INTROSPECTION=value)
 
     assert (result.returncode, result.stdout.split()[-1]) == (0, expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("1000", None),
+        ("1001", "DELIVERY_BATCH_SIZE must be <= 1000; got 1001"),
+        ("0", "DELIVERY_BATCH_SIZE must be >= 1; got 0"),
+    ],
+)
+def test_delivery_batch_size_is_bounded_by_what_one_statement_can_carry(
+    value: str, error: str | None
+) -> None:
+    result = load_settings(DEBUG="1", DELIVERY_BATCH_SIZE=value)
+    if error is None:
+        assert result.returncode == 0, result
+    else:
+        assert error_line(result) == f"django.core.exceptions.ImproperlyConfigured: {error}"
