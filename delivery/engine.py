@@ -123,23 +123,33 @@ FAST, SLOW = "fast", "slow"
 PACE_SECONDS = 600
 
 
-class _SlowLanes:
-    """Lanes of slow destinations running in this process, at most DELIVERY_SLOW_LANES."""
+class _Room:
+    """A count of lanes doing something in this process, kept under a limit."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._room = threading.Condition()
         self.running = 0
 
-    def enter(self) -> bool:
-        with self._lock:
-            if self.running >= settings.DELIVERY_SLOW_LANES:
+    def _take(self, limit: int, wait: float) -> bool:
+        """Count one more lane if fewer than `limit` are counted, waiting up to `wait`
+        seconds for one to leave; False when none did."""
+        with self._room:
+            if not self._room.wait_for(lambda: self.running < limit, wait):
                 return False
             self.running += 1
             return True
 
     def leave(self) -> None:
-        with self._lock:
+        with self._room:
             self.running -= 1
+            self._room.notify()
+
+
+class _SlowLanes(_Room):
+    """Lanes of slow destinations running in this process, at most DELIVERY_SLOW_LANES."""
+
+    def enter(self) -> bool:
+        return self._take(settings.DELIVERY_SLOW_LANES, 0)
 
 
 slow_lanes = _SlowLanes()
@@ -151,7 +161,7 @@ QUICK_SECONDS = 0.01
 QUICK_WAIT_SECONDS = 1.0  # a quick lane waits at most this long for room, then goes on anyway
 
 
-class _QuickLanes:
+class _QuickLanes(_Room):
     """Batches of quick destinations' lanes that one worker process sends at once: at most
     DELIVERY_QUICK_LANES (0: no limit). More threads busy with CPU do not send more (one
     process runs Python on one core at a time) but spend the CPU on handing the interpreter
@@ -165,8 +175,7 @@ class _QuickLanes:
     MAX_KNOWN = 10_000
 
     def __init__(self) -> None:
-        self._room = threading.Condition()
-        self.running = 0
+        super().__init__()
         self.known: dict[int, bool] = {}
 
     def enter(self, destination_id: int) -> bool:
@@ -175,16 +184,7 @@ class _QuickLanes:
         limit = settings.DELIVERY_QUICK_LANES
         if not limit or not self.known.get(destination_id):
             return False
-        with self._room:
-            if not self._room.wait_for(lambda: self.running < limit, QUICK_WAIT_SECONDS):
-                return False
-            self.running += 1
-            return True
-
-    def leave(self) -> None:
-        with self._room:
-            self.running -= 1
-            self._room.notify()
+        return self._take(limit, QUICK_WAIT_SECONDS)
 
     def learn(self, destination_id: int, quick: bool) -> None:
         if len(self.known) >= self.MAX_KNOWN:
