@@ -222,7 +222,9 @@ def _adapter() -> HTTPAdapter:
     return adapter
 
 
-def _prepared(method: str, url: str, headers: dict[str, str], data: bytes | None) -> Any:
+def _prepared(
+    method: str, url: str, headers: dict[str, str], data: bytes | None
+) -> requests.PreparedRequest:
     """The request as requests.Session would prepare it, for a URL `parse_url` prepared
     already (so the query string signed is the one sent) and headers of our own making plus
     the destination's (checked the way requests checks them)."""

@@ -40,7 +40,6 @@ def listen(wake: Wake, stop: threading.Event, *, ready: threading.Event | None =
             params = connections["default"].get_connection_params()
             with psycopg.connect(**params, autocommit=True) as listener:
                 listener.execute(f"LISTEN {ingest.WAKE_CHANNEL}")
-                close_old_connections()
                 pending = pending_accounts()
                 connection.close()  # the only query here: hold no connection while listening
                 wake(pending)
