@@ -330,8 +330,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
     "loggers": {
-        # Huey logs every task at INFO; that is noise at our volumes.
-        "huey": {"level": "WARNING"},
+        # Huey logs every task at INFO on "huey" (two lines per task: noise, and a measurable
+        # share of a worker's CPU); run_huey sets that logger to INFO unless it has a handler
+        # already, so it gets one here. The consumer's start, stop and schedule stay at INFO.
+        "huey": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "huey.consumer": {"level": "INFO"},
         "django.channels.server": {"level": "WARNING"},
     },
 }

@@ -117,3 +117,10 @@ def test_500_then_200_is_retried_by_the_real_worker(
     assert standard_webhooks_valid(first, destination.signing_secret)
     assert standard_webhooks_valid(second, destination.signing_secret)
     assert second.headers["webhook-timestamp"] >= first.headers["webhook-timestamp"]
+    # Huey's two INFO lines per task stay off (settings.LOGGING; run_huey would turn them on),
+    # its start-up lines do not.
+    consumer = service.worker or service.server
+    assert "Executing" not in consumer.output()
+    assert " executed in " not in consumer.output()
+    if service.worker is not None:
+        assert "Huey consumer started" in service.worker.output()
