@@ -225,7 +225,11 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
             in_quick_lane = claim_more and pace == FAST and quick_lanes.enter(destination_id)
             try:
                 if claim_more:
-                    batch = outbox.claim(destination_id=destination_id, limit=limit)
+                    # A quick destination's `sending` goes out with the batch's first results
+                    # (at most FLUSH_SECONDS later), in their message.
+                    batch = outbox.claim(
+                        destination_id=destination_id, limit=limit, publish=pace != FAST
+                    )
                 if batch is not None:
                     cache.touch(_slot_key(destination_id, slot), _slot_seconds())
                     slow = _run_batch(destination, batch, run, deadline=deadline)
@@ -281,9 +285,9 @@ def _run_batch(
     inactive. Returns whether a send was slow."""
     if destination.is_active:
         return _send_batch(destination, batch, run, deadline=deadline)
-    outbox.record(
+    outbox.record_claimed(
+        batch,
         [outbox.Result(log, LogStatus.FAILED, None, error=outbox.INACTIVE) for log in batch.logs],
-        lease=batch.lease,
     )
     return False
 
@@ -303,7 +307,7 @@ def _send_batch(
             # A send started after `latest_start` could outlive the lease (the sweeper would
             # then hand the log to another lane while ours still sends it).
             if index and (time.monotonic() >= deadline or timezone.now() > latest_start):
-                outbox.record(pending, lease=batch.lease)
+                outbox.record_claimed(batch, pending)
                 outbox.give_back(batch, batch.logs[index:])
                 return False
             outcome = _send(destination, log)
@@ -311,14 +315,14 @@ def _send_batch(
             run.sent += 1
             sends, waited_ms = sends + 1, waited_ms + outcome.duration_ms
             if outcome.duration_ms >= settings.DELIVERY_SLOW_SECONDS * 1000:
-                outbox.record(pending, lease=batch.lease)
+                outbox.record_claimed(batch, pending)
                 outbox.give_back(batch, batch.logs[index + 1 :])
                 return True
             if time.monotonic() - flushed >= FLUSH_SECONDS:
-                outbox.record(pending, lease=batch.lease)
+                outbox.record_claimed(batch, pending)
                 pending, flushed = [], time.monotonic()
         if pending:
-            outbox.record(pending, lease=batch.lease)
+            outbox.record_claimed(batch, pending)
         return False
     finally:
         if sends:

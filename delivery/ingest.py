@@ -219,8 +219,10 @@ def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
         # The last row counts the events marked (some may have had no destination left).
         marked = next(row[1] for row in rows if row[0] is None)
         logs = [
-            _queued(account_id, event, destination, received, now, webhook_id=webhook_id, pk=pk)
-            for pk, event, destination, webhook_id, received in rows
+            _queued(
+                account_id, (event, name), destination, received, now, webhook_id=webhook, pk=pk
+            )
+            for pk, event, destination, webhook, received, name in rows
             if pk is not None
         ]
         return FanOut(logs, more=marked >= limit)
@@ -228,16 +230,23 @@ def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
         pending = list(
             Event.objects.filter(account_id=account_id, fanned_out_at=None)
             .order_by("id")
-            .values_list("id", "received_at")[:limit]
+            .values_list("id", "event_id", "received_at")[:limit]
         )
-        Event.objects.filter(pk__in=[pk for pk, _ in pending]).update(fanned_out_at=now)
+        Event.objects.filter(pk__in=[pk for pk, _, _ in pending]).update(fanned_out_at=now)
         destination_ids = list(
             selectors.active_destinations(account_id).order_by("id").values_list("id", flat=True)
         )
         logs = DeliveryLog.objects.bulk_create(
             [
-                _queued(account_id, event, destination, received, now, webhook_id=new_webhook_id())
-                for event, received in pending
+                _queued(
+                    account_id,
+                    (event, name),
+                    destination,
+                    received,
+                    now,
+                    webhook_id=new_webhook_id(),
+                )
+                for event, name, received in pending
                 for destination in destination_ids
             ]
         )
@@ -246,7 +255,7 @@ def fan_out(account_id: uuid.UUID, destinations: int) -> FanOut:
 
 def _queued(
     account_id: uuid.UUID,
-    event_pk: int,
+    event: tuple[int, str],
     destination_id: int,
     received: datetime,
     now: datetime,
@@ -254,8 +263,10 @@ def _queued(
     webhook_id: str,
     pk: int | None = None,
 ) -> DeliveryLog:
-    """A `queued` log of a fanned-out event, due since the event was received."""
-    return DeliveryLog(
+    """A `queued` log of a fanned-out event (its pk and CL-X-EVENT-ID: the log carries a
+    partial Event, for the live message), due since the event was received."""
+    event_pk, event_id = event
+    log = DeliveryLog(
         pk=pk,
         event_id=event_pk,
         destination_id=destination_id,
@@ -266,6 +277,8 @@ def _queued(
         received_timestamp=received,
         updated_at=now,
     )
+    log.event = Event(pk=event_pk, account_id=account_id, event_id=event_id, received_at=received)
+    return log
 
 
 # Logs one fan-out creates at most (fewer events per batch for an account with many
@@ -277,7 +290,7 @@ WITH pending AS (
     ORDER BY id LIMIT %(limit)s FOR UPDATE
 ), marked AS (
     UPDATE {_EVENT} AS e SET fanned_out_at = %(now)s FROM pending WHERE e.id = pending.id
-    RETURNING e.id, e.received_at
+    RETURNING e.id, e.received_at, e.event_id
 ), created AS (
     INSERT INTO {_LOG} (event_id, destination_id, account_id, webhook_id, status,
         attempt_count, schedule_offset, next_attempt_at, received_timestamp, last_error,
@@ -290,6 +303,6 @@ WITH pending AS (
     ORDER BY marked.id, d.id
     RETURNING id, event_id, destination_id, webhook_id, received_timestamp
 )
-SELECT * FROM created
-UNION ALL SELECT NULL, count(*), NULL, NULL, NULL FROM marked
+SELECT created.*, marked.event_id FROM created JOIN marked ON marked.id = created.event_id
+UNION ALL SELECT NULL, count(*), NULL, NULL, NULL, NULL FROM marked
 """  # noqa: S608 (table names are the models'; every value is a parameter)

@@ -1,8 +1,10 @@
 """The only module that knows the channel-layer group names and message format.
 
-Messages are small: ids, status and timestamps. Subscribers reload what they render. The
-channel layer is at-most-once (it drops past its capacity), so clients catch up from the
-database after a reconnect.
+A message carries each changed log's own fields as they were after the change (and its event's
+CL-X-EVENT-ID when the publisher has the event at hand): a subscriber that selects only those
+reads no row; one that selects more (attempts, the payload, the destination) reloads the rows
+once per message in each process. The channel layer is at-most-once (it drops past its
+capacity), so clients catch up from the database after a reconnect.
 """
 
 import asyncio
@@ -12,6 +14,8 @@ import logging
 import os
 import threading
 import time
+import uuid
+import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
@@ -20,10 +24,11 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.db.models import Q
 
-from delivery.models import DeliveryLog
+from delivery.models import DeliveryLog, Event
 from delivery.selectors import LogFilters, apply_log_filters, log_matches
 from identity.errors import NotFound, Unauthenticated
 from identity.ids import parse_pk
@@ -46,16 +51,31 @@ def group_name(account_id: object) -> str:
     return f"logs.{account_id}"
 
 
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 def log_message(log: DeliveryLog) -> dict[str, Any]:
-    return {
+    """One change of `log`, as published: its scalar fields after the change, and `event`
+    (the event's CL-X-EVENT-ID) when the log's event is loaded (never a query here)."""
+    message = {
         "log_id": log.pk,
         "account_id": str(log.account_id),
         "destination_id": log.destination_id,
         "event_id": log.event_id,
         "status": str(log.status),
         "attempt_count": log.attempt_count,
-        "updated_at": log.updated_at.isoformat() if log.updated_at else None,
+        "updated_at": _iso(log.updated_at),
+        "webhook_id": log.webhook_id,
+        "received_timestamp": _iso(log.received_timestamp),
+        "processed_timestamp": _iso(log.processed_timestamp),
+        "next_attempt_at": _iso(log.next_attempt_at),
+        "last_status_code": log.last_status_code,
+        "last_error": log.last_error,
     }
+    if DeliveryLog.event.is_cached(log):
+        message["event"] = log.event.event_id
+    return message
 
 
 def publish_log_update(log: DeliveryLog) -> None:
@@ -63,12 +83,15 @@ def publish_log_update(log: DeliveryLog) -> None:
     publish([log])
 
 
-def publish(logs: Iterable[DeliveryLog]) -> None:
-    """One message per account for a batch of changed logs. Never raises: live status is
+def publish(logs: Iterable[DeliveryLog], *, earlier: Iterable[dict[str, Any]] = ()) -> None:
+    """One message per account for a batch of changed logs, after the `earlier` changes
+    (log_message of changes not yet published, e.g. a claim's). Never raises: live status is
     best-effort, the database stays the source of truth."""
     by_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for log in logs:
-        by_account[str(log.account_id)].append(log_message(log))
+    for update in [*earlier, *map(log_message, logs)]:
+        by_account[update["account_id"]].append(update)
+    if not by_account:
+        return
     layer = get_channel_layer()
     if layer is None:
         return
@@ -97,15 +120,103 @@ def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
     if running is not None:  # async caller: never block its loop
         running.create_task(layer.group_send(group, message))
         return
-    # Sync callers (views, tasks) share one long-lived loop, so the layer keeps one Redis
-    # connection pool; async_to_sync would make a new loop, and a new connection, per call.
-    # Waiting for the send keeps the changes of one log in order.
+    if (sender := _redis_sender(layer)) is not None:
+        sender.group_send(group, message)
+        return
+    # Other sync callers share one long-lived loop, so the layer keeps one Redis connection
+    # pool; async_to_sync would make a new loop, and a new connection, per call. Waiting for
+    # the send keeps the changes of one log in order.
     asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _publisher_loop()).result(
         timeout=PUBLISH_TIMEOUT
     )
 
 
 PUBLISH_TIMEOUT = 5.0
+
+# channels_redis' group_send Lua, with the trim of expired messages that it sends before it
+# in a pipeline of its own: one round trip. KEYS: the channels' keys; ARGV: their messages,
+# their capacities, then the time, the expiry and the trim's cut-off.
+_SEND_LUA = """
+local n = #KEYS
+local now, expiry, cutoff = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
+local over_capacity = 0
+for i = 1, n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
+    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[i + n]) then
+        redis.call('ZADD', KEYS[i], now, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        over_capacity = over_capacity + 1
+    end
+end
+return over_capacity
+"""
+
+
+class _RedisSender:
+    """`RedisChannelLayer.group_send` for sync callers (tasks, views) over a sync client, in
+    two round trips: the group's members (after dropping expired ones), then one script that
+    sends to every member's channel; none when the group is empty. The layer's own asyncio
+    group_send takes four, each handed to an event-loop thread and back: on the delivery
+    path that cost more CPU than the rest of the publish. Messages, keys, capacities and
+    expiry are the layer's own (it builds them), so its receivers read them as they read
+    their own."""
+
+    def __init__(self, layer: Any) -> None:
+        import redis
+
+        (host,) = layer.hosts
+        options = dict(host)
+        self.layer = layer
+        self.client = redis.Redis.from_url(options.pop("address"), **options)
+        self.send_script = self.client.register_script(_SEND_LUA)
+
+    def group_send(self, group: str, message: dict[str, Any]) -> None:
+        layer = self.layer
+        key = layer._group_key(group)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, min=0, max=int(time.time()) - layer.group_expiry)
+        pipe.zrange(key, 0, -1)
+        _, members = pipe.execute()
+        if not members:
+            return
+        channels = [member.decode("utf8") for member in members]
+        _, messages, capacities = layer._map_channel_keys_to_connection(channels, message)
+        keys = list(messages)
+        now = time.time()
+        over = self.send_script(
+            keys=keys,
+            args=[
+                *(messages[k] for k in keys),
+                *(capacities[k] for k in keys),
+                now,
+                int(layer.expiry),
+                int(now) - int(layer.expiry),
+            ],
+        )
+        if over:
+            logger.info("%s of %s channels over capacity in group %s", over, len(keys), group)
+
+
+_senders: "weakref.WeakKeyDictionary[Any, tuple[int, _RedisSender | None]]" = (
+    weakref.WeakKeyDictionary()
+)  # layer -> (pid, its sender)
+_senders_lock = threading.Lock()
+
+
+def _redis_sender(layer: Any) -> _RedisSender | None:
+    """The sync sender of a channels_redis layer with one Redis host (per process); None for
+    other layers, which go through the publisher loop."""
+    entry = _senders.get(layer)
+    if entry is None or entry[0] != os.getpid():
+        with _senders_lock:
+            sender = None
+            if isinstance(layer, RedisChannelLayer) and len(layer.hosts) == 1:
+                sender = _RedisSender(layer)
+            _senders[layer] = entry = (os.getpid(), sender)
+    return entry[1]
+
+
 _publisher: tuple[int, asyncio.AbstractEventLoop] | None = None
 _publisher_lock = threading.Lock()
 
@@ -180,6 +291,56 @@ def _catch_up_chunk(
     return list(logs.order_by("updated_at", "pk")[:CATCH_UP_CHUNK])
 
 
+# The keys of log_message besides `event`: a message without them (published by an older
+# version) is reloaded.
+_OWN_FIELDS = frozenset(
+    (
+        "log_id",
+        "account_id",
+        "destination_id",
+        "event_id",
+        "status",
+        "attempt_count",
+        "updated_at",
+        "webhook_id",
+        "received_timestamp",
+        "processed_timestamp",
+        "next_attempt_at",
+        "last_status_code",
+        "last_error",
+    )
+)
+
+
+def _datetime(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _row(update: dict[str, Any]) -> DeliveryLog:
+    """The log as one change's message describes it (never saved), with its event's id when
+    the message has it."""
+    log = DeliveryLog(
+        pk=update["log_id"],
+        account_id=uuid.UUID(update["account_id"]),
+        destination_id=update["destination_id"],
+        event_id=update["event_id"],
+        status=update["status"],
+        attempt_count=update["attempt_count"],
+        updated_at=datetime.fromisoformat(update["updated_at"]),
+        webhook_id=update["webhook_id"],
+        received_timestamp=datetime.fromisoformat(update["received_timestamp"]),
+        processed_timestamp=_datetime(update["processed_timestamp"]),
+        next_attempt_at=_datetime(update["next_attempt_at"]),
+        last_status_code=update["last_status_code"],
+        last_error=update["last_error"],
+    )
+    if "event" in update:
+        log.event = Event(
+            pk=update["event_id"], account_id=log.account_id, event_id=update["event"]
+        )
+    return log
+
+
 def _may_match(update: dict[str, Any], filters: LogFilters) -> bool:
     """A cheap check on the message's own fields, so that rows are loaded only for changes
     that can match; `log_matches` on the loaded row decides."""
@@ -235,6 +396,8 @@ async def log_stream(
     filters: LogFilters,
     since: datetime | None,
     listen: ListenFactory,
+    own_fields: bool = False,
+    event_ids: bool = False,
 ) -> AsyncIterator[DeliveryLog]:
     """Every status change of the matching logs, as DeliveryLog rows carrying the status of
     that change (so no transition is skipped even if the row has moved on since). `filters`
@@ -245,6 +408,10 @@ async def log_stream(
     live changes; the groups are joined before the database is read, and a live change older
     than or equal to what the catch-up already showed is dropped, so there is no gap and no
     duplicate at the seam.
+
+    With `own_fields` (the caller reads nothing of a row but the log's own fields, and the
+    event's CL-X-EVENT-ID when `event_ids`), a live change is turned into a row from its
+    message, without a database read, when the message carries what is needed.
 
     `access` is asked at the start (no account: raises NotFound) and again every
     `recheck_interval()`, also while no change arrives: an account no longer visible is
@@ -265,6 +432,14 @@ async def log_stream(
             return False
         checked = time.monotonic()
         return bool(accounts)
+
+    def from_message(update: dict[str, Any]) -> bool:
+        return (
+            own_fields
+            and update.keys() >= _OWN_FIELDS
+            and None not in (update["updated_at"], update["received_timestamp"])
+            and ("event" in update or not (event_ids or filters.event_id is not None))
+        )
 
     shown: dict[int, datetime] = {}
     async with listen(MESSAGE_TYPE, groups=[group_name(a) for a in sorted(accounts)]) as messages:
@@ -295,13 +470,16 @@ async def log_stream(
                 ]
                 if not updates:
                     continue
-                logs = await _load_shared(updates)
+                loads = [u for u in updates if not from_message(u)]
+                logs = await _load_shared(loads) if loads else {}
                 for update in updates:
-                    shared = logs.get(update["log_id"])
-                    if shared is None:
+                    if from_message(update):
+                        row = _row(update)
+                    elif (shared := logs.get(update["log_id"])) is not None:
+                        row = copy.copy(shared)  # other subscribers hold the same row
+                        row.status = update["status"]
+                        row.attempt_count = update["attempt_count"]
+                    else:
                         continue
-                    row = copy.copy(shared)  # other subscribers hold the same row
-                    row.status = update["status"]
-                    row.attempt_count = update["attempt_count"]
                     if log_matches(row, filters):
                         yield row

@@ -6,6 +6,7 @@ from datetime import datetime
 import strawberry
 from asgiref.sync import sync_to_async
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from delivery import live, selectors
 from identity.errors import Unauthenticated
@@ -81,9 +82,48 @@ class Subscription:
             ),
             since=since,
             listen=ws.listen_to_channel,
+            own_fields=(selected := _selected_fields(info)) is not None and selected <= _OWN_FIELDS,
+            event_ids=selected is not None and "eventId" in selected,
         )
         async for log in stream:
             yield log  # type: ignore[misc]
+
+
+# DeliveryLog fields that a live change's message carries (delivery/live.log_message).
+_OWN_FIELDS = frozenset(
+    (
+        "__typename",
+        "id",
+        "status",
+        "attemptCount",
+        "webhookId",
+        "receivedTimestamp",
+        "processedTimestamp",
+        "nextAttemptAt",
+        "lastStatusCode",
+        "lastError",
+        "eventId",
+    )
+)
+
+
+def _selected_fields(info: Info) -> set[str] | None:
+    """The names of the fields selected on each log (through fragments too), or None when
+    an object (destination, account, attempts) is selected."""
+    names: set[str] = set()
+
+    def walk(selections: list[Selection]) -> bool:
+        for selection in selections:
+            if isinstance(selection, SelectedField):
+                if selection.selections:
+                    return False
+                names.add(selection.name)
+            elif not walk(selection.selections):
+                return False
+        return True
+
+    (root,) = info.selected_fields
+    return names if walk(root.selections) else None
 
 
 def _destination_id(f: LogUpdateFilter) -> str | None:

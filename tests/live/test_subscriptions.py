@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from delivery import destinations as destination_services
-from delivery import tasks
+from delivery import live, tasks
 from delivery.models import DeliveryLog, Destination
 from identity.models import Membership
 from tests.conftest import Persona
@@ -248,3 +248,73 @@ async def test_allowed_origin_setting_admits_a_listed_origin(db: None, settings:
     connected, _ = await communicator.connect()
     assert connected
     await communicator.disconnect()
+
+
+OWN_FIELDS = """
+subscription {
+  logUpdates {
+    __typename id status attemptCount webhookId eventId lastStatusCode lastError
+    receivedTimestamp processedTimestamp nextAttemptAt
+  }
+}"""
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The log ids of each database read of the live stream (delivery.live._load)."""
+    calls: list[list[int]] = []
+    real = live._load
+
+    def counted(log_ids: list[int]) -> Any:
+        calls.append(sorted(log_ids))
+        return real(log_ids)
+
+    monkeypatch.setattr(live, "_load", counted)
+    return calls
+
+
+async def test_a_selection_of_the_logs_own_fields_is_served_from_the_messages(
+    ws_clients: Any, admin: Persona, destinations: list[Destination], loads: list[list[int]]
+) -> None:
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(OWN_FIELDS)
+    await wait_subscribed(destinations[0].account_id)
+
+    await sync_to_async(ingest)(destinations[0].account_id, "evt-own")
+
+    updates = [(await client.next_data())["logUpdates"] for _ in range(6)]
+    assert loads == []
+    logs = [log async for log in DeliveryLog.objects.select_related("event").order_by("pk")]
+    for log in logs:
+        mine = [u for u in updates if u["id"] == str(log.pk)]
+        assert [u["status"] for u in mine] == ["QUEUED", "SENDING", "SUCCESS"]
+        assert [u["attemptCount"] for u in mine] == [0, 0, 1]
+        assert [u["lastStatusCode"] for u in mine] == [None, None, 200]
+        assert {(u["__typename"], u["webhookId"], u["eventId"]) for u in mine} == {
+            ("DeliveryLog", log.webhook_id, "evt-own")
+        }
+        assert {u["receivedTimestamp"] for u in mine} == {log.received_timestamp.isoformat()}
+        assert mine[-1]["processedTimestamp"] == log.processed_timestamp.isoformat()
+        assert [u["nextAttemptAt"] is None for u in mine] == [False, False, True]
+        assert [u["lastError"] for u in mine] == ["", "", ""]
+    assert await client.nothing_pending()
+
+
+async def test_a_selection_beyond_the_messages_reads_the_rows(
+    ws_clients: Any, admin: Persona, destinations: list[Destination], loads: list[list[int]]
+) -> None:
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(
+        "subscription { logUpdates { id status attempts { number statusCode } } }"
+    )
+    await wait_subscribed(destinations[0].account_id)
+
+    await sync_to_async(ingest)(destinations[0].account_id)
+
+    updates = [(await client.next_data())["logUpdates"] for _ in range(6)]
+    log_ids = sorted([pk async for pk in DeliveryLog.objects.values_list("pk", flat=True)])
+    assert sorted({pk for load in loads for pk in load}) == log_ids
+    success = [u for u in updates if u["status"] == "SUCCESS"]
+    assert [u["attempts"] for u in success] == [[{"number": 1, "statusCode": 200}]] * 2
