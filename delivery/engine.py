@@ -206,8 +206,8 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
     holding = True
     in_slow_lane = False
     try:
-        destination = Destination.objects.filter(pk=destination_id).first()
-        if destination is None:
+        destination = destination_copies.get(destination_id)
+        if destination is None and (destination := destination_copies.load(destination_id)) is None:
             return run  # its waiting logs failed when it was deleted
         pace = cache.get(_pace_key(destination_id))
         slow = pace == SLOW
@@ -232,6 +232,11 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                     )
                 if batch is not None:
                     cache.touch(_slot_key(destination_id, slot), _slot_seconds())
+                    if batch.destination_version != destination.updated_at:  # or unknown
+                        if (changed := destination_copies.load(destination_id)) is None:
+                            _fail(batch, outbox.DELETED)  # since our copy was loaded
+                            return run
+                        destination = changed
                     slow = _run_batch(destination, batch, run, deadline=deadline)
             finally:
                 if in_quick_lane:
@@ -272,6 +277,49 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
             free_slot(destination_id, slot)
 
 
+class _DestinationCopies:
+    """This process's copies of the destinations its lanes ran. A claim on PostgreSQL returns
+    the destination's updated_at (Claim.destination_version): a copy older than that is
+    loaded again before anything is sent, so a changed URL, secret, header or state is used
+    from the next claim on. Loading a destination in every lane run cost more CPU than its
+    claim. (Destinations are changed with save(), which sets updated_at; elsewhere than on
+    PostgreSQL a claim returns no version and the copy is loaded again after each claim.)"""
+
+    MAX = 10_000
+    _SELECT = f"SELECT * FROM {Destination._meta.db_table} WHERE id = %s"  # noqa: S608
+
+    def __init__(self) -> None:
+        self._copies: dict[int, Destination] = {}
+
+    def get(self, destination_id: int) -> Destination | None:
+        return self._copies.get(destination_id)
+
+    def clear(self) -> None:
+        self._copies.clear()
+
+    def load(self, destination_id: int) -> Destination | None:
+        """The destination as stored now (a raw query: the ORM's filter().first() cost twice
+        its CPU), kept as this process's copy; None once deleted."""
+        found = next(iter(Destination.objects.raw(self._SELECT, [destination_id])), None)
+        if found is None:
+            self._copies.pop(destination_id, None)
+            return None
+        if len(self._copies) >= self.MAX:
+            self._copies.clear()
+        self._copies[destination_id] = found
+        return found
+
+
+destination_copies = _DestinationCopies()
+
+
+def _fail(batch: outbox.Claim, reason: str) -> None:
+    """Fail a claimed batch without a request."""
+    outbox.record_claimed(
+        batch, [outbox.Result(log, LogStatus.FAILED, None, error=reason) for log in batch.logs]
+    )
+
+
 def _set_pace(destination_id: int, pace: str) -> None:
     if pace == SLOW:
         logger.info("Destination %s answers slowly: one delivery at a time", destination_id)
@@ -285,10 +333,7 @@ def _run_batch(
     inactive. Returns whether a send was slow."""
     if destination.is_active:
         return _send_batch(destination, batch, run, deadline=deadline)
-    outbox.record_claimed(
-        batch,
-        [outbox.Result(log, LogStatus.FAILED, None, error=outbox.INACTIVE) for log in batch.logs],
-    )
+    _fail(batch, outbox.INACTIVE)
     return False
 
 

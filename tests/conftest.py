@@ -42,6 +42,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture(autouse=True)
 def _clean_cache() -> Iterator[None]:
     yield
+    from delivery import engine
+
+    # The engine's process-local copies: a later test's destination may reuse an id.
+    engine.destination_copies.clear()
+    engine.quick_lanes.known.clear()
     if settings.REDIS_URL:
         import redis
 

@@ -494,16 +494,16 @@ def test_text_of_an_outcome_is_made_storable_everywhere(
 def test_attempt_that_cannot_be_stored_is_recorded_without_the_answer(
     account: Account, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_insert = outbox._insert_attempts
+    real_store = outbox._store
     tried: list[list[tuple[Any, ...]]] = []
 
-    def insert(rows: list[tuple[Any, ...]]) -> None:
+    def store(logs: Any, rows: list[tuple[Any, ...]], *, lease: Any) -> set[int]:
         tried.append(list(rows))
         if len(tried) == 1:
             raise DataError("simulated: the answer cannot be stored")
-        real_insert(rows)
+        return real_store(logs, rows, lease=lease)
 
-    monkeypatch.setattr(outbox, "_insert_attempts", insert)
+    monkeypatch.setattr(outbox, "_store", store)
     log = deliver(due_log(sink_destination(account, sink, "/status/404")))
 
     assert len(tried) == 2

@@ -718,6 +718,58 @@ def test_deleting_a_destination_fails_its_waiting_logs_and_leaves_the_one_being_
     assert not slot_held(destination)
 
 
+def test_a_destination_changed_since_the_lanes_copy_is_sent_as_it_is_now(
+    account: Account, sink: Sink, admin_user: User
+) -> None:
+    destination = sink_destination(account, sink, "/before")
+    due_log(destination)
+    start(destination)  # this process now holds a copy of the destination
+    assert engine.destination_copies.get(destination.pk) is not None
+
+    destinations.destination_update(
+        actor=admin_user,
+        destination_id=destination.pk,
+        url=f"{sink.url}/after",
+        headers={"X-Changed": "yes"},
+    )
+    log = due_log(destination)
+    start(destination)
+
+    assert [r.path for r in sink.received()] == ["/before", "/after"]
+    assert sink.received()[-1].headers["x-changed"] == "yes"
+    assert state(log)[:2] == (LogStatus.SUCCESS, 1)
+    assert engine.destination_copies.get(destination.pk).url == f"{sink.url}/after"
+
+
+def test_a_destination_changed_then_deleted_while_its_lane_claims_fails_the_claim_unsent(
+    account: Account, sink: Sink, admin_user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lane finds its copy stale and loads the destination again after the claim: gone.
+    # (Deleted without a change first, its claimed logs are sent: they were being sent.)
+    destination = sink_destination(account, sink)
+    due_log(destination)
+    start(destination)
+    logs = [due_log(destination) for _ in range(2)]
+    destinations.destination_update(
+        actor=admin_user, destination_id=destination.pk, url=f"{sink.url}/changed"
+    )
+    real_claim = outbox.claim
+
+    def claim(**kwargs: Any) -> outbox.Claim | None:
+        batch = real_claim(**kwargs)
+        destinations.destination_delete(actor=admin_user, destination_id=destination.pk)
+        return batch
+
+    monkeypatch.setattr(outbox, "claim", claim)
+
+    assert start(destination) == engine.LaneRun()
+    assert [state(log) for log in logs] == [(LogStatus.FAILED, 0, None, "Destination deleted.")] * 2
+    assert attempts(logs[0]) == attempts(logs[1]) == []
+    assert len(sink.received()) == 1
+    assert not slot_held(destination)
+    assert engine.destination_copies.get(destination.pk) is None
+
+
 # --- 10. Retries ---------------------------------------------------------------------------------
 
 
