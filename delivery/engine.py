@@ -226,7 +226,7 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
             try:
                 if claim_more:
                     # A quick destination's `sending` goes out with the batch's first results
-                    # (at most FLUSH_SECONDS later), in their message.
+                    # (FLUSH_SECONDS of sends, or one slow send, later), in their message.
                     batch = outbox.claim(
                         destination_id=destination_id, limit=limit, publish=pace != FAST
                     )
