@@ -470,10 +470,11 @@ async def log_stream(
                 ]
                 if not updates:
                     continue
-                loads = [u for u in updates if not from_message(u)]
+                served = [from_message(u) for u in updates]
+                loads = [u for u, ok in zip(updates, served, strict=True) if not ok]
                 logs = await _load_shared(loads) if loads else {}
-                for update in updates:
-                    if from_message(update):
+                for update, ok in zip(updates, served, strict=True):
+                    if ok:
                         row = _row(update)
                     elif (shared := logs.get(update["log_id"])) is not None:
                         row = copy.copy(shared)  # other subscribers hold the same row

@@ -214,8 +214,8 @@ DELIVERY_SWEEP_GRACE_SECONDS = env_int("DELIVERY_SWEEP_GRACE_SECONDS", 60)
 # it yields its worker thread, the send time above which a destination counts as slow (one log
 # at a time from then on), and how many lanes of slow destinations one worker process runs.
 DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 1, minimum=1)
-# At most 1,000: a batch's results are one UPDATE ... VALUES of 8 parameters per log, and
-# PostgreSQL takes at most 65,535 parameters per statement.
+# At most 1,000: a batch's results are one statement of 8 parameters per log and 9 per
+# attempt, and PostgreSQL takes at most 65,535 parameters per statement.
 DELIVERY_BATCH_SIZE = env_int("DELIVERY_BATCH_SIZE", 50, minimum=1, maximum=1000)
 DELIVERY_LANE_SLICE_SECONDS = env_float("DELIVERY_LANE_SLICE_SECONDS", 1.0)
 DELIVERY_SLOW_SECONDS = env_float("DELIVERY_SLOW_SECONDS", 1.0)

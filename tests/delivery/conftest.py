@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from delivery import transport
+from delivery import engine, transport
 from delivery.models import DeliveryLog, Destination, Event, LogStatus
 from identity.models import Account, User
 from tests.conftest import Persona
@@ -38,6 +38,12 @@ def sink_destination(
         is_active=is_active,
         signing_secret=transport.new_signing_secret(),
     )
+
+
+def start(destination: Destination) -> engine.LaneRun:
+    """Take slot 0 (as lanes_to_start does) and run the destination's lane."""
+    assert engine.take_slot(destination.pk, 0)
+    return engine.lane_run(destination.pk)
 
 
 def due_log(

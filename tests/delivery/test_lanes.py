@@ -23,7 +23,7 @@ from huey.signals import SIGNAL_ERROR
 from delivery import destinations, engine, outbox, tasks, transport
 from delivery.models import DeliveryAttempt, DeliveryLog, Destination, LogStatus
 from identity.models import Account, User
-from tests.delivery.conftest import due_log, sink_destination, task_calls
+from tests.delivery.conftest import due_log, sink_destination, start, task_calls
 from tests.sink import Sink
 
 # A time slice no batch fits in: every run returns after its first batch.
@@ -82,12 +82,6 @@ def set_pace(destination: Destination, value: str) -> None:
 
 def slot_held(destination: Destination, slot: int = 0) -> bool:
     return cache.get(f"lane:{destination.pk}:{slot}") is not None
-
-
-def start(destination: Destination) -> engine.LaneRun:
-    """Take slot 0 (as lanes_to_start does) and run the lane."""
-    assert engine.take_slot(destination.pk, 0)
-    return engine.lane_run(destination.pk)
 
 
 def sent(sink: Sink) -> list[str]:

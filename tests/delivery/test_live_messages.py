@@ -11,7 +11,7 @@ from django.core.cache import cache
 from delivery import engine, live
 from delivery.models import DeliveryLog, Destination, LogStatus
 from identity.models import Account
-from tests.delivery.conftest import due_log, sink_destination
+from tests.delivery.conftest import due_log, sink_destination, start
 from tests.sink import Sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,18 +35,13 @@ def destination(account: Account, sink: Sink) -> Destination:
     return sink_destination(account, sink)
 
 
-def run_lane(destination: Destination) -> engine.LaneRun:
-    assert engine.take_slot(destination.pk, 0)
-    return engine.lane_run(destination.pk)
-
-
 def test_a_destination_of_unknown_pace_publishes_sending_at_the_claim(
     destination: Destination, sent: list[list[tuple[int, str]]]
 ) -> None:
     log = due_log(destination)
     assert cache.get(f"pace:{destination.pk}") is None
 
-    run_lane(destination)
+    start(destination)
 
     assert sent == [[(log.pk, "sending")], [(log.pk, "success")]]
 
@@ -55,12 +50,12 @@ def test_a_quick_destination_publishes_sending_with_the_first_results(
     destination: Destination, sent: list[list[tuple[int, str]]]
 ) -> None:
     due_log(destination)
-    run_lane(destination)  # its first send: the destination's pace is now known, fast
+    start(destination)  # its first send: the destination's pace is now known, fast
     assert cache.get(f"pace:{destination.pk}") == engine.FAST
     sent.clear()
     logs = [due_log(destination) for _ in range(3)]
 
-    run_lane(destination)
+    start(destination)
 
     assert sent == [[(log.pk, "sending") for log in logs] + [(log.pk, "success") for log in logs]]
     assert [log.status for log in DeliveryLog.objects.order_by("pk")][1:] == [LogStatus.SUCCESS] * 3
@@ -70,12 +65,12 @@ def test_a_quick_destinations_unsent_rest_is_published_sending_then_given_back(
     destination: Destination, sent: list[list[tuple[int, str]]], settings: Any
 ) -> None:
     due_log(destination)
-    run_lane(destination)
+    start(destination)
     sent.clear()
     first, second = due_log(destination), due_log(destination)
     settings.DELIVERY_LANE_SLICE_SECONDS = 0.000001  # the slice ends after the first send
 
-    run = run_lane(destination)
+    run = start(destination)
 
     assert run.again
     assert sent == [
@@ -91,7 +86,7 @@ def test_the_message_carries_the_logs_fields_after_the_change(
     monkeypatch.setattr(live, "_group_send", lambda layer, group, m: messages.append(m))
     log = due_log(destination, payload={"order": 1})
 
-    run_lane(destination)
+    start(destination)
 
     log.refresh_from_db()
     *_, last = (u for m in messages for u in m["updates"])
