@@ -8,9 +8,10 @@ import uuid
 
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
 
-from delivery import outbox, selectors, transport
-from delivery.models import DeliveryLog, Destination
+from delivery import health, outbox, selectors, transport
+from delivery.models import AUTOMATIC, DeliveryLog, Destination, DisabledCause, NoticeKind
 from delivery.validators import clean_headers, clean_max_in_flight, clean_method, clean_url
 from identity.errors import NotFound
 from identity.ids import parse_uuid
@@ -71,6 +72,9 @@ def destination_create(
             account_id=account_pk,
             **values,
             is_active=is_active,
+            disabled_cause="" if is_active else DisabledCause.USER,
+            disabled_reason="" if is_active else f"Created disabled by {user.email}.",
+            disabled_at=None if is_active else timezone.now(),
             signing_secret=transport.new_signing_secret(),
             created_by=user,
             updated_by=user,
@@ -91,7 +95,9 @@ def destination_update(
 ) -> Destination:
     """Change a destination (ADMIN or NORMAL_USER of its account); None leaves a field as it
     is (`max_in_flight=0`: back to the default). Deliveries already queued use the new
-    settings when they are sent."""
+    settings when they are sent. `is_active=False` disables it (its waiting logs fail when
+    their lane takes them), `True` re-enables it as `destination_enable` does (an ADMIN's
+    when its health disabled it)."""
     _destination_for_change(actor, destination_id, Action.DESTINATION_UPDATE)
     values: dict[str, object] = {}
     if url is not None:
@@ -100,18 +106,58 @@ def destination_update(
         values["http_method"] = clean_method(http_method)
     if headers is not None:
         values["headers"] = clean_headers(headers)
-    if is_active is not None:
-        values["is_active"] = is_active
     if max_in_flight is not None:
         values["max_in_flight"] = clean_max_in_flight(max_in_flight)
     with transaction.atomic():
         destination = _destination_for_change(actor, destination_id, Action.DESTINATION_UPDATE)
         for name, value in values.items():
             setattr(destination, name, value)
+        if is_active and not destination.is_active:
+            _enable(actor, destination)
+        elif is_active is False and destination.is_active:
+            _disable(actor, destination)
         destination.updated_by = require_user(actor)
         destination.save()
         _forget_destinations(destination.account_id)
     return destination
+
+
+def destination_enable(*, actor: Actor, destination_id: str | int) -> Destination:
+    """Re-enable a destination (ADMIN), whoever disabled it: its breaker closes, its failure
+    streak is forgotten, and the logs that waited are sent (the caller wakes its lanes). A
+    no-op on an active destination."""
+    with transaction.atomic():
+        destination = _destination_for_change(actor, destination_id, Action.DESTINATION_MANAGE)
+        if not destination.is_active:
+            _enable(actor, destination)
+            destination.updated_by = require_user(actor)
+            destination.save()
+            _forget_destinations(destination.account_id)
+    return destination
+
+
+def _enable(actor: Actor, destination: Destination) -> None:
+    """Mark `destination` (locked by the caller's transaction) active again; re-enabling one
+    its health disabled takes an ADMIN."""
+    if destination.disabled_cause in AUTOMATIC:
+        check(actor, Action.DESTINATION_MANAGE, destination.account_id)
+    was = destination.disabled_reason or "disabled"
+    destination.is_active = True
+    destination.disabled_cause, destination.disabled_reason = "", ""
+    destination.disabled_at = None
+    user = require_user(actor)
+    health.notice(destination, NoticeKind.ENABLED, f"Re-enabled by {user.email} (was: {was})")
+    pk = destination.pk
+    transaction.on_commit(lambda: health.reset(pk))
+
+
+def _disable(actor: Actor, destination: Destination) -> None:
+    user = require_user(actor)
+    destination.is_active = False
+    destination.disabled_cause = DisabledCause.USER
+    destination.disabled_reason = f"Disabled by {user.email}."
+    destination.disabled_at = timezone.now()
+    health.notice(destination, NoticeKind.DISABLED, destination.disabled_reason)
 
 
 def destination_delete(*, actor: Actor, destination_id: str | int) -> None:

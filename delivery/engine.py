@@ -32,8 +32,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from delivery import outbox, policy, transport
-from delivery.models import DeliveryLog, Destination, LogStatus
+from delivery import health, outbox, policy, transport
+from delivery.models import AUTOMATIC, DeliveryLog, Destination, LogStatus
 
 logger = logging.getLogger(__name__)
 
@@ -209,18 +209,31 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
         destination = destination_copies.get(destination_id)
         if destination is None and (destination := destination_copies.load(destination_id)) is None:
             return run  # its waiting logs failed when it was deleted
+        if _waits(destination) and _waits(destination := destination_copies.load(destination_id)):
+            return run  # disabled for its health: its logs wait for a re-enable (which wakes)
+        assert destination is not None
         pace = cache.get(_pace_key(destination_id))
         slow = pace == SLOW
         deadline = time.monotonic() + settings.DELIVERY_LANE_SLICE_SECONDS
         claim_more = True
+        admit = True  # ask the breaker before the next claim
+        probe = False
         while True:
+            if admit and claim_more:
+                admission = health.admit(destination_id)
+                if not admission.go:
+                    if admission.defer_until is not None:
+                        outbox.defer(destination_id, admission.defer_until)
+                    run.wake_at = admission.look_again_at
+                    return run
+                probe, admit = admission.probe, admission.probe
             if slow and not in_slow_lane:
                 in_slow_lane = slow_lanes.enter()
                 if not in_slow_lane:
                     cache.touch(_slot_key(destination_id, slot), _slot_seconds())
                     run.deferred = True
                     return run
-            limit = policy.batch_size(slow=pace != FAST and destination.is_active)
+            limit = 1 if probe else policy.batch_size(slow=pace != FAST and destination.is_active)
             batch = None
             in_quick_lane = claim_more and pace == FAST and quick_lanes.enter(destination_id)
             try:
@@ -237,7 +250,13 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                             _fail(batch, outbox.DELETED)  # since our copy was loaded
                             return run
                         destination = changed
-                    slow = _run_batch(destination, batch, run, deadline=deadline)
+                    slow, stopped = _run_batch(
+                        destination, batch, run, deadline=deadline, probe=probe
+                    )
+                    if stopped:  # the breaker opened, or the destination was disabled
+                        admit = True
+                        if _waits(destination):
+                            return run
             finally:
                 if in_quick_lane:
                     quick_lanes.leave()
@@ -326,49 +345,71 @@ def _set_pace(destination_id: int, pace: str) -> None:
     cache.set(_pace_key(destination_id), pace, timeout=PACE_SECONDS)
 
 
+def _waits(destination: Destination | None) -> bool:
+    """Whether the destination was disabled for its health: its logs wait, unsent."""
+    return (
+        destination is not None
+        and not destination.is_active
+        and destination.disabled_cause in AUTOMATIC
+    )
+
+
 def _run_batch(
-    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float
-) -> bool:
-    """Send a claimed batch (see `_send_batch`), or fail it at once when the destination is
-    inactive. Returns whether a send was slow."""
+    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float, probe: bool
+) -> tuple[bool, bool]:
+    """Send a claimed batch (see `_send_batch`); when the destination is inactive, fail it
+    at once, or give it back when its health disabled it. Returns whether a send was slow and
+    whether the lane must stop sending (breaker open, destination disabled)."""
     if destination.is_active:
-        return _send_batch(destination, batch, run, deadline=deadline)
+        return _send_batch(destination, batch, run, deadline=deadline, probe=probe)
+    if _waits(destination):
+        outbox.give_back(batch, batch.logs)
+        return False, True
     _fail(batch, outbox.INACTIVE)
-    return False
+    return False, False
 
 
 def _send_batch(
-    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float
-) -> bool:
-    """Send the claimed logs in order, recording results at least every FLUSH_SECONDS. Stops
-    at the first slow send (returns True then), at the end of the lane's time slice, or when
-    a send could outlive the claim's lease, and gives the unsent rest back."""
+    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float, probe: bool
+) -> tuple[bool, bool]:
+    """Send the claimed logs in order, recording results (and counting them for the
+    destination's health) at least every FLUSH_SECONDS. Stops at the first slow send, at the
+    end of the lane's time slice, when a send could outlive the claim's lease, or when its
+    results open the breaker or disable the destination, and gives the unsent rest back.
+    Returns (a send was slow, the lane must stop sending)."""
     pending: list[outbox.Result] = []
     flushed = time.monotonic()
     latest_start = batch.lease - timedelta(seconds=policy.send_timeout())
     sends = waited_ms = 0
+
+    def flush() -> bool:
+        """Record `pending` and count it; True when the lane must stop."""
+        outbox.record_claimed(batch, pending)
+        outcomes = [result.outcome for result in pending if result.outcome is not None]
+        return health.observe(destination, outcomes, probe=probe) is health.Verdict.STOP
+
     try:
         for index, log in enumerate(batch.logs):
             # A send started after `latest_start` could outlive the lease (the sweeper would
             # then hand the log to another lane while ours still sends it).
             if index and (time.monotonic() >= deadline or timezone.now() > latest_start):
-                outbox.record_claimed(batch, pending)
+                stop = flush()
                 outbox.give_back(batch, batch.logs[index:])
-                return False
+                return False, stop
             outcome = _send(destination, log)
             pending.append(outbox.result_of(log, outcome))
             run.sent += 1
             sends, waited_ms = sends + 1, waited_ms + outcome.duration_ms
             if outcome.duration_ms >= settings.DELIVERY_SLOW_SECONDS * 1000:
-                outbox.record_claimed(batch, pending)
+                stop = flush()
                 outbox.give_back(batch, batch.logs[index + 1 :])
-                return True
-            if time.monotonic() - flushed >= FLUSH_SECONDS:
-                outbox.record_claimed(batch, pending)
+                return True, stop
+            if time.monotonic() - flushed >= FLUSH_SECONDS or outcome.status_code == 410:
+                if flush():
+                    outbox.give_back(batch, batch.logs[index + 1 :])
+                    return False, True
                 pending, flushed = [], time.monotonic()
-        if pending:
-            outbox.record_claimed(batch, pending)
-        return False
+        return False, bool(pending) and flush()
     finally:
         if sends:
             quick_lanes.learn(destination.pk, waited_ms < QUICK_SECONDS * 1000 * sends)
@@ -412,4 +453,7 @@ def deliver_log(log_id: int) -> str | None:
         result = outbox.Result(log, LogStatus.FAILED, None, error=reason)
     else:
         result = outbox.result_of(log, _send(destination, log))
-    return str(result.status) if outbox.record([result], lease=batch.lease) else None
+    written = outbox.record([result], lease=batch.lease)
+    if destination is not None and result.outcome is not None:
+        health.observe(destination, [result.outcome])
+    return str(result.status) if written else None

@@ -22,6 +22,19 @@ class HttpMethod(models.TextChoices):
     DELETE = "DELETE"
 
 
+class DisabledCause(models.TextChoices):
+    """Why a destination is inactive (empty while it is active)."""
+
+    USER = "user", "Disabled by a person"
+    GONE = "gone", "Answered 410 Gone"
+    FAILING = "failing", "Failed for too long"
+
+
+# Causes of an automatic disable: its waiting logs wait for a re-enable (those of a destination
+# a person disabled fail).
+AUTOMATIC = (DisabledCause.GONE, DisabledCause.FAILING)
+
+
 class Destination(models.Model):
     """A webhook URL of an account: every event the account receives is sent here."""
 
@@ -31,6 +44,11 @@ class Destination(models.Model):
     # Both encrypted at rest (project.crypto): Python sees the clear values.
     headers = EncryptedJSONField(default=dict, blank=True, help_text="Extra request headers.")
     is_active = models.BooleanField(default=True)
+    disabled_cause = models.CharField(
+        max_length=10, choices=DisabledCause.choices, blank=True, default=""
+    )
+    disabled_reason = models.TextField(blank=True, default="")
+    disabled_at = models.DateTimeField(null=True, blank=True)
     max_in_flight = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
@@ -181,3 +199,29 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of log {self.log_id}"
+
+
+class NoticeKind(models.TextChoices):
+    BREAKER_OPENED = "breaker_opened"
+    BREAKER_CLOSED = "breaker_closed"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
+
+
+class Notice(models.Model):
+    """An operational change of a destination's health: what a dashboard shows as "endpoint X
+    was disabled 5 min ago because …"."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="notices")
+    destination = models.ForeignKey(
+        Destination, null=True, on_delete=models.SET_NULL, related_name="notices"
+    )
+    kind = models.CharField(max_length=20, choices=NoticeKind.choices)
+    at = models.DateTimeField(default=timezone.now)
+    detail = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "-at", "-id"], name="notice_account_at")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of destination {self.destination_id} at {self.at}"

@@ -3,6 +3,7 @@ functions, and each works on a batch of logs with a constant number of statement
 
     queued/retrying --claim--> sending --record--> success | retrying | failed
     sending --give_back--> queued/retrying (unsent rest of a batch, as it was)
+    queued/retrying --defer--> queued/retrying, due at the breaker's probe time
     sending (lease ended) --take_back--> retrying | failed (the lost try recorded)
     failed/success/retrying/queued --requeue--> queued (manual retry; schedule restarts)
 
@@ -227,6 +228,16 @@ def give_back(held: Claim, logs: Sequence[DeliveryLog]) -> None:
         earlier = held.take_unpublished()
         if back or earlier:
             transaction.on_commit(lambda: live.publish(back, earlier=earlier))
+
+
+def defer(destination_id: int, until: datetime) -> int:
+    """Move the destination's due logs to `until` (its breaker's probe time), keeping their
+    status, their retry budget and their order (claims take the oldest first among equal due
+    times); one statement. Not published: the logs' status does not change. Returns how many
+    moved."""
+    return DeliveryLog.objects.filter(
+        destination_id=destination_id, status__in=DUE, next_attempt_at__lt=until
+    ).update(next_attempt_at=until)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import QuerySet
 
-from delivery.models import DeliveryLog, Destination, Event
+from delivery.models import DeliveryLog, Destination, Event, Notice
 from identity.ids import parse_pk, parse_uuid
 from identity.permissions import Action, Actor, account_ids
 
@@ -47,6 +47,24 @@ def destination_get(*, actor: Actor, destination_id: str | int) -> Destination |
     if parse_pk(destination_id) is None:
         return None
     return destination_list(actor=actor).filter(pk=destination_id).first()
+
+
+def notice_list(
+    *, actor: Actor, account_id: str, destination_id: str | None = None
+) -> QuerySet[Notice]:
+    """Notices of one of the actor's accounts (any role), newest first; a missing, foreign or
+    malformed account or destination id matches nothing (as the list filters do)."""
+    account_pk = parse_uuid(account_id)
+    if account_pk is None:
+        return Notice.objects.none()
+    notices = Notice.objects.filter(
+        account_id=account_pk, account_id__in=account_ids(actor, Action.DESTINATION_VIEW)
+    )
+    if destination_id is not None:
+        if parse_pk(destination_id) is None:
+            return Notice.objects.none()
+        notices = notices.filter(destination_id=destination_id)
+    return notices.order_by("-at", "-id")
 
 
 def destinations_cache_key(account_id: object) -> str:

@@ -33,3 +33,10 @@ class RedisCache(DjangoRedisCache):
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = RedisCacheClient
+
+
+def redis_client(cache: Any) -> Any | None:
+    """The redis-py client behind a project RedisCache (one per process and pool, for scripts
+    the cache API has no call for); None for other caches (local memory: embedded mode)."""
+    client_of = getattr(getattr(cache, "_cache", None), "get_client", None)
+    return None if client_of is None else client_of(write=True)

@@ -231,6 +231,35 @@ for _name in ("DELIVERY_LANE_SLICE_SECONDS", "DELIVERY_SLOW_SECONDS"):
 # default: it costs the server less but adds latency (README: The delivery engine).
 DELIVERY_WAKE_NOTIFY = env_bool("DELIVERY_WAKE_NOTIFY", False)
 DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum=1)
+# Destination health (delivery/health.py): the circuit breaker opens when at least
+# DESTINATION_BREAKER_FAILURE_PERCENT of a destination's tries in the last
+# DESTINATION_BREAKER_WINDOW_MINUTES failed transiently, with at least
+# DESTINATION_BREAKER_MIN_TRIES tries; after a cool-down (doubling at each failed probe, up to
+# the maximum) DESTINATION_BREAKER_PROBES deliveries probe it. DESTINATION_BREAKER=0 turns it off.
+DESTINATION_BREAKER = env_bool("DESTINATION_BREAKER", True)
+DESTINATION_BREAKER_FAILURE_PERCENT = env_int(
+    "DESTINATION_BREAKER_FAILURE_PERCENT", 70, minimum=1, maximum=100
+)
+DESTINATION_BREAKER_MIN_TRIES = env_int("DESTINATION_BREAKER_MIN_TRIES", 10, minimum=1)
+DESTINATION_BREAKER_WINDOW_MINUTES = env_int(
+    "DESTINATION_BREAKER_WINDOW_MINUTES", 5, minimum=1, maximum=60
+)
+DESTINATION_BREAKER_COOLDOWN_SECONDS = env_int(
+    "DESTINATION_BREAKER_COOLDOWN_SECONDS", 30, minimum=1
+)
+DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS = env_int(
+    "DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS", 900, minimum=1
+)
+DESTINATION_BREAKER_PROBES = env_int("DESTINATION_BREAKER_PROBES", 1, minimum=1)
+# A destination whose tries have all failed for this long (seconds; 5 days, as Svix; 0: never)
+# or whose breaker opened this many times in a row without closing (0: no such limit) is
+# disabled automatically; one that answers 410 Gone at once.
+DESTINATION_DISABLE_AFTER = env_int("DESTINATION_DISABLE_AFTER", 5 * 24 * 3600)
+DESTINATION_DISABLE_AFTER_TRIPS = env_int("DESTINATION_DISABLE_AFTER_TRIPS", 0)
+if DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS < DESTINATION_BREAKER_COOLDOWN_SECONDS:
+    raise ImproperlyConfigured(
+        "DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS must be >= DESTINATION_BREAKER_COOLDOWN_SECONDS"
+    )
 # How long app-secret and destination lookups stay cached (services invalidate on change).
 HOT_PATH_CACHE_SECONDS = 300
 # How long one process keeps its own copy of an app-secret lookup: a rotated or deleted

@@ -14,6 +14,7 @@ from django.db.models import F, OrderBy, Q, QuerySet
 from strawberry.relay import PageInfo
 from strawberry.scalars import JSON
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField
 from strawberry_django.optimizer import optimize
 
 from delivery import destinations, models, outbox, selectors, tasks
@@ -31,8 +32,11 @@ from schema.delivery_types import (
     LogEdge,
     LogFilter,
     LogsRetryResult,
+    Notice,
     destination_filters,
+    destination_health,
     log_filters,
+    prefetch_health,
 )
 from schema.types import Deleted
 
@@ -88,6 +92,20 @@ class LogOrder:
 
 
 # --- Keyset pagination -----------------------------------------------------------------------
+
+
+def _selects(info: Info, name: str) -> bool:
+    """Whether the field's own selection (through fragments) includes `name`."""
+
+    def walk(selections: list[Any]) -> bool:
+        return any(
+            selection.name == name
+            if isinstance(selection, SelectedField)
+            else walk(selection.selections)
+            for selection in selections
+        )
+
+    return any(walk(field.selections) for field in info.selected_fields)
 
 
 def _bad_page(message: str) -> Exception:
@@ -154,9 +172,17 @@ class DeliveryQuery:
     def destinations(
         self, info: Info, filters: DestinationFilter | None = None
     ) -> list[Destination]:
-        return selectors.destination_list(  # type: ignore[return-value]
+        found = selectors.destination_list(
             actor=context.user(info), filters=destination_filters(filters)
         )
+        states = set(filters.health or ()) if filters is not None else set()
+        if not states and not _selects(info, "health"):
+            return found  # type: ignore[return-value]
+        # Health lives in the cache, not in a column: read it for the whole list at once.
+        listed = prefetch_health(list(optimize(found, info)))
+        if states:
+            listed = [d for d in listed if destination_health(d).state in states]
+        return listed  # type: ignore[return-value]
 
     @strawberry_django.field(description="One of your destinations; null when missing or foreign.")
     def destination(self, info: Info, id: strawberry.ID) -> Destination | None:
@@ -209,6 +235,26 @@ class DeliveryQuery:
         )
 
     @strawberry_django.field(
+        description="Operational notices of an account's destinations (breaker opened or "
+        "closed, disabled, re-enabled), newest first, at most `first` (1 to 100; else "
+        "invalid_filter). Any member; a foreign account has none. Requires a token."
+    )
+    def notices(
+        self,
+        info: Info,
+        account_id: strawberry.ID,
+        destination_id: strawberry.ID | None = None,
+        first: int = 50,
+    ) -> list[Notice]:
+        if not 1 <= first <= 100:
+            raise _bad_page("`first` must be between 1 and 100.")
+        return selectors.notice_list(  # type: ignore[return-value]
+            actor=context.user(info),
+            account_id=str(account_id),
+            destination_id=None if destination_id is None else str(destination_id),
+        )[:first]
+
+    @strawberry_django.field(
         description="One delivery log of your accounts with its attempts; null when missing or "
         "foreign."
     )
@@ -251,7 +297,7 @@ class DeliveryMutation:
         self, info: Info, id: strawberry.ID, input: DestinationUpdateInput
     ) -> Destination:
         method = given(input.http_method)
-        return destinations.destination_update(  # type: ignore[return-value]
+        destination = destinations.destination_update(
             actor=context.actor(info),
             destination_id=id,
             url=given(input.url),
@@ -260,6 +306,9 @@ class DeliveryMutation:
             is_active=given(input.is_active),
             max_in_flight=given(input.max_in_flight),
         )
+        if given(input.is_active):
+            tasks.wake_destinations([destination.pk])  # logs that waited for a re-enable
+        return destination  # type: ignore[return-value]
 
     @strawberry_django.mutation(
         description="Delete a destination. Its logs stay, with destination null; unsent ones "
@@ -268,6 +317,16 @@ class DeliveryMutation:
     def destination_delete(self, info: Info, id: strawberry.ID) -> Deleted:
         destinations.destination_delete(actor=context.actor(info), destination_id=id)
         return Deleted(id=id)
+
+    @strawberry_django.mutation(
+        description="Re-enable a destination, whoever or whatever disabled it: its circuit "
+        "breaker closes and the deliveries that waited are sent, in order. A no-op on an "
+        "active one. ADMIN. Codes: not_found, permission_denied, unauthenticated."
+    )
+    def destination_enable(self, info: Info, id: strawberry.ID) -> Destination:
+        destination = destinations.destination_enable(actor=context.actor(info), destination_id=id)
+        tasks.wake_destinations([destination.pk])
+        return destination  # type: ignore[return-value]
 
     @strawberry_django.mutation(
         description="Replace the signing secret; the next request is signed with the new one. "

@@ -18,7 +18,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 from strawberry_django.resolvers import django_resolver
 
-from delivery import models, selectors
+from delivery import health, models, selectors
 from delivery.live import recheck_interval
 from identity.models import User
 from identity.permissions import Action, account_ids
@@ -35,6 +35,75 @@ LogStatus = strawberry.enum(
     "holds it), RETRYING (failed transiently; next try at nextAttemptAt), SUCCESS (2xx), "
     "FAILED (permanent failure or retries used up).",
 )
+
+
+HealthState = strawberry.enum(
+    health.State,
+    name="HealthState",
+    description="A destination's health: HEALTHY; DEGRADED (its latest try failed, or at least "
+    f"{health.DEGRADED_PERCENT} % of the breaker window's tries did); OPEN (circuit breaker "
+    "open: nothing is sent until nextAttemptAt, when a probe goes; waiting deliveries keep "
+    "their retries); HALF_OPEN (a probe may go now); DISABLED (isActive false).",
+)
+DisabledCause = strawberry.enum(
+    models.DisabledCause,
+    name="DisabledCause",
+    description="Why a destination is inactive: USER (a person; its waiting deliveries fail), "
+    "GONE (it answered 410 Gone) or FAILING (only failures for DESTINATION_DISABLE_AFTER, or "
+    "too many breaker openings in a row); GONE and FAILING keep its waiting deliveries for a "
+    "re-enable.",
+)
+NoticeKind = strawberry.enum(
+    models.NoticeKind, name="NoticeKind", description="What changed in a destination's health."
+)
+
+
+@strawberry.type(
+    name="DestinationHealth",
+    description="Kept incrementally by the workers (counters per minute, 5 minutes and hour); "
+    "rates are 0 to 1, null without tries.",
+)
+class DestinationHealth:
+    state: HealthState  # type: ignore[valid-type]
+    success_rate_1h: float | None
+    success_rate_24h: float | None
+    attempts_1h: int
+    failures_1h: int = strawberry.field(description="Tries that did not succeed (any kind).")
+    latency_p50_ms: int | None = strawberry.field(
+        description="Answered tries of the last hour (histogram estimate)."
+    )
+    latency_p95_ms: int | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    last_error: str = strawberry.field(description="Of the latest failed try.")
+    consecutive_failures: int
+    in_flight: int = strawberry.field(description="Lanes sending to it now.")
+    backlog: int = strawberry.field(
+        description=f"Waiting deliveries (queued + retrying), counted up to {health.BACKLOG_CAP}."
+    )
+    next_attempt_at: datetime | None = strawberry.field(
+        description="The probe time while the breaker is open; else the first waiting "
+        "delivery's due time."
+    )
+    opened_at: datetime | None = strawberry.field(
+        description="When the breaker opened (null while closed)."
+    )
+
+
+def destination_health(destination: models.Destination) -> health.Health:
+    """The figures `Destination.health` shows: prefetched for a list (`prefetch_health`), else
+    read for this destination alone."""
+    found: health.Health | None = getattr(destination, "_health", None)
+    if found is None:
+        (found,) = health.figures([destination])
+    return found
+
+
+def prefetch_health(destinations: list[models.Destination]) -> list[models.Destination]:
+    """Read the health of a list of destinations at once (three round trips in all)."""
+    for destination, figures in zip(destinations, health.figures(destinations), strict=True):
+        destination._health = figures  # type: ignore[attr-defined]
+    return destinations
 
 
 # --- Signing secrets: visible to the ADMINs of the destination's account only ---------------
@@ -107,6 +176,31 @@ class Destination:
     is_active: bool = strawberry_django.field(
         description="Inactive destinations receive no new deliveries."
     )
+    disabled_at: datetime | None = strawberry_django.field(description="Null while active.")
+
+    @strawberry_django.field(
+        only=["is_active", "disabled_cause"], description="Why it is inactive; null while active."
+    )
+    def disabled_cause(self, root: models.Destination) -> DisabledCause | None:  # type: ignore[valid-type]
+        if root.is_active:
+            return None
+        # Destinations disabled before causes were kept: by a person.
+        return models.DisabledCause(root.disabled_cause or models.DisabledCause.USER)
+
+    @strawberry_django.field(
+        only=["is_active", "disabled_reason"],
+        description="What disabled it, in words; null while active.",
+    )
+    def disabled_reason(self, root: models.Destination) -> str | None:
+        return None if root.is_active else root.disabled_reason
+
+    @strawberry_django.field(
+        only=["is_active", "max_in_flight", "account_id"],
+        description="Circuit breaker and delivery figures, shared by every worker.",
+    )
+    def health(self, root: models.Destination) -> DestinationHealth:
+        return DestinationHealth(**vars(destination_health(root)))
+
     max_in_flight: int | None = strawberry_django.field(
         description="Concurrent requests to this destination; null: the server's default "
         "(DELIVERY_MAX_IN_FLIGHT, 1 unless configured)."
@@ -124,6 +218,17 @@ class Destination:
         if ids is None or str(root.account_id) in ids:
             return root.signing_secret
         return None
+
+
+@strawberry_django.type(models.Notice, name="Notice")
+class Notice:
+    id: strawberry.ID
+    kind: NoticeKind  # type: ignore[valid-type]
+    destination: Destination | None = strawberry_django.field(
+        description="Null once the destination has been deleted."
+    )
+    at: datetime
+    detail: str
 
 
 @strawberry_django.type(models.DeliveryAttempt, name="DeliveryAttempt")
@@ -256,6 +361,9 @@ class DestinationFilter:
     url_contains: str | None = strawberry.field(
         default=None, description="Case-insensitive substring of the URL."
     )
+    health: list[HealthState] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Any of these health states (null or empty: any)."
+    )
 
 
 @strawberry.input(
@@ -284,7 +392,7 @@ def destination_filters(f: DestinationFilter | None) -> selectors.DestinationFil
         http_method=None if f.http_method is None else str(f.http_method),
         is_active=f.is_active,
         url_contains=f.url_contains,
-    )
+    )  # `health` is applied by the resolver: it is not a column
 
 
 def log_filters(f: LogFilter | None) -> selectors.LogFilters:

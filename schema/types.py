@@ -8,6 +8,7 @@ import strawberry_django
 from strawberry import auto
 from strawberry.types import Info
 
+from delivery import health
 from identity import models
 from schema import context
 
@@ -51,6 +52,24 @@ def _is_caller(user: models.User, info: Info) -> bool:
 _OWN_PAYLOAD = "_datapusher_own_payload"
 
 
+@strawberry.type(
+    name="AccountHealth", description="The health of an account's destinations, added up."
+)
+class AccountHealth:
+    destinations: int
+    healthy: int
+    degraded: int
+    open: int
+    half_open: int
+    disabled: int
+    attempts_1h: int
+    failures_1h: int
+    success_rate_1h: float | None
+    backlog: int = strawberry.field(
+        description=f"Waiting deliveries (each destination's counted up to {health.BACKLOG_CAP})."
+    )
+
+
 @strawberry_django.type(models.Account, name="Account")
 class Account:
     id: strawberry.ID
@@ -65,6 +84,23 @@ class Account:
     members: list["Member"] = strawberry_django.field(
         field_name="memberships", description="Members of the account and their roles."
     )
+
+    @strawberry_django.field(only=["id"], description="Its destinations' health, added up.")
+    def health(self, root: models.Account) -> AccountHealth:
+        totals = health.account_totals(root.pk)
+        states = totals.by_state
+        return AccountHealth(
+            destinations=totals.destinations,
+            healthy=states[health.State.HEALTHY],
+            degraded=states[health.State.DEGRADED],
+            open=states[health.State.OPEN],
+            half_open=states[health.State.HALF_OPEN],
+            disabled=states[health.State.DISABLED],
+            attempts_1h=totals.attempts_1h,
+            failures_1h=totals.failures_1h,
+            success_rate_1h=totals.success_rate_1h,
+            backlog=totals.backlog,
+        )
 
 
 @strawberry_django.type(models.Membership, name="Member")

@@ -30,7 +30,7 @@ STATEMENTS_PER_DELIVERY = 0.5
 MAX_RUNS = 20  # a run lasts one time slice (DELIVERY_LANE_SLICE_SECONDS) at most
 
 JITTER = settings.DELIVERY_RETRY_JITTER
-STATUS_OF_CODE = {200: LogStatus.SUCCESS, 500: LogStatus.RETRYING, 410: LogStatus.FAILED}
+STATUS_OF_CODE = {200: LogStatus.SUCCESS, 500: LogStatus.RETRYING, 404: LogStatus.FAILED}
 
 
 @dataclass
@@ -103,8 +103,9 @@ def test_lane_delivers_a_backlog_within_half_a_statement_per_delivery(
 def test_batch_with_mixed_answers_writes_each_log_its_own_outcome(
     account: Account, sink: Sink, enqueued: list[Any]
 ) -> None:
-    # The n-th request to the path gets the n-th code: 200 and 500 interleaved, 410 last.
-    codes = [500 if n % 3 == 1 else 200 for n in range(LOGS - 1)] + [410]
+    # The n-th request to the path gets the n-th code: 200 and 500 interleaved, 404 last
+    # (a 410 would disable the destination).
+    codes = [500 if n % 3 == 1 else 200 for n in range(LOGS - 1)] + [404]
     path = "/status/" + ",".join(map(str, codes))
     logs = queued_logs(account, sink, path)
     assert logs[0].destination_id is not None
@@ -116,7 +117,7 @@ def test_batch_with_mixed_answers_writes_each_log_its_own_outcome(
     code_of = {r.headers["webhook-id"]: code for r, code in zip(requests, codes, strict=True)}
     assert sorted(code_of) == sorted(log.webhook_id for log in logs)  # each sent once
     expected = {log.pk: code_of[log.webhook_id] for log in logs}
-    assert Counter(expected.values()) == {200: 66, 500: 33, 410: 1}
+    assert Counter(expected.values()) == {200: 66, 500: 33, 404: 1}
     stored = DeliveryLog.objects.in_bulk([log.pk for log in logs])
     assert {
         pk: (log.status, log.attempt_count, log.last_status_code) for pk, log in stored.items()

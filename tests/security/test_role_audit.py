@@ -33,7 +33,7 @@ from graphql import (
     is_non_null_type,
 )
 
-from delivery.models import DeliveryAttempt, DeliveryLog, Destination, Event
+from delivery.models import DeliveryAttempt, DeliveryLog, Destination, Event, Notice
 from identity import secrets
 from identity.models import Account, AuthToken, Invitation, Membership, Role, User
 from schema import schema as app_schema
@@ -139,6 +139,9 @@ def world(personas: dict[str, Persona], account: Account) -> World:
         status="failed",
         received_timestamp=event.received_at,
     )
+    Notice.objects.create(
+        account=account, destination=destination, kind="breaker_opened", detail="acme-notice"
+    )
     return World(
         acme=account,
         destination=destination,
@@ -154,6 +157,7 @@ def world(personas: dict[str, Persona], account: Account) -> World:
             "normal@example.com",
             "colleague@example.com",
             "acme-hook",
+            "acme-notice",
             "acme-header",
             "acme-event-1",
             "acme-payload",
@@ -236,6 +240,12 @@ def _acme_log(data: Any, world: World, persona: Persona) -> bool:
     if "edges" in data:
         return data["totalCount"] == 1 and data["edges"][0]["node"]["id"] == str(world.log.pk)
     return bool(data["id"] == str(world.log.pk))
+
+
+def _acme_notice(data: Any, world: World, persona: Persona) -> bool:
+    return [(n["kind"], n["detail"], n["destination"]["id"]) for n in data] == [
+        ("BREAKER_OPENED", "acme-notice", str(world.destination.pk))
+    ]
 
 
 def _acme_event(data: Any, world: World, persona: Persona) -> bool:
@@ -353,6 +363,13 @@ AUDIT: dict[str, Audit] = {
         Allowed(check=_acme_log),
         Allowed(check=_acme_log),
     ),
+    "Query.notices": Audit(
+        lambda w: {"accountId": str(w.acme.pk)},
+        UNAUTH,
+        Empty(),
+        Allowed(check=_acme_notice),
+        Allowed(check=_acme_notice),
+    ),
     "Query.event": Audit(
         lambda w: {"id": "acme-event-1"},
         UNAUTH,
@@ -456,6 +473,13 @@ AUDIT: dict[str, Audit] = {
     ),
     "Mutation.destinationDelete": _acme_admin_only(
         lambda w: {"id": str(w.destination.pk)}, "Deleted"
+    ),
+    "Mutation.destinationEnable": Audit(  # the destination is active: nothing to change
+        lambda w: {"id": str(w.destination.pk)},
+        UNAUTH,
+        NOT_FOUND,
+        DENIED,
+        Allowed("Destination", writes=False),
     ),
     "Mutation.destinationRotateSecret": _acme_admin_only(
         lambda w: {"id": str(w.destination.pk)}, "Destination"
