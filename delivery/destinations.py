@@ -12,7 +12,13 @@ from django.utils import timezone
 
 from delivery import health, outbox, selectors, transport
 from delivery.models import AUTOMATIC, DeliveryLog, Destination, DisabledCause, NoticeKind
-from delivery.validators import clean_headers, clean_max_in_flight, clean_method, clean_url
+from delivery.validators import (
+    clean_headers,
+    clean_max_in_flight,
+    clean_method,
+    clean_rate_limit,
+    clean_url,
+)
 from identity.errors import NotFound
 from identity.ids import parse_uuid
 from identity.models import Account
@@ -44,16 +50,18 @@ def destination_create(
     headers: dict[str, str] | None = None,
     is_active: bool = True,
     max_in_flight: int = 0,
+    rate_limit: int = 0,
 ) -> Destination:
     """Add a destination to an account (ADMIN) with a new signing secret.
 
     `account_id` may be any spelling of a UUID (upper case, no hyphens, braces, `urn:uuid:`):
     it is parsed once here, so the cache entry dropped is the one the ingest path reads.
 
-    `max_in_flight`: concurrent requests to it (0: DELIVERY_MAX_IN_FLIGHT).
+    `max_in_flight`: concurrent requests to it (0: DELIVERY_MAX_IN_FLIGHT); `rate_limit`:
+    requests per second (0: DELIVERY_RATE_LIMIT).
 
     Raises ValidationError `invalid_url`, `invalid_method`, `invalid_headers`,
-    `invalid_max_in_flight`; NotFound when
+    `invalid_max_in_flight`, `invalid_rate_limit`; NotFound when
     the account is missing, foreign or `account_id` names no UUID."""
     user = require_user(actor)
     account_pk = parse_uuid(account_id)
@@ -65,6 +73,7 @@ def destination_create(
         "http_method": clean_method(http_method),
         "headers": clean_headers({} if headers is None else headers),
         "max_in_flight": clean_max_in_flight(max_in_flight),
+        "rate_limit": clean_rate_limit(rate_limit),
     }
     with transaction.atomic():
         check(actor, Action.DESTINATION_MANAGE, account_pk)  # as of the write
@@ -92,12 +101,13 @@ def destination_update(
     headers: dict[str, str] | None = None,
     is_active: bool | None = None,
     max_in_flight: int | None = None,
+    rate_limit: int | None = None,
 ) -> Destination:
     """Change a destination (ADMIN or NORMAL_USER of its account); None leaves a field as it
-    is (`max_in_flight=0`: back to the default). Deliveries already queued use the new
-    settings when they are sent. `is_active=False` disables it (its waiting logs fail when
-    their lane takes them), `True` re-enables it as `destination_enable` does (an ADMIN's
-    when its health disabled it)."""
+    is (`max_in_flight=0`, `rate_limit=0`: back to the default). Deliveries already queued
+    use the new settings when they are sent. `is_active=False` disables it (its waiting
+    logs fail when their lane takes them), `True` re-enables it as `destination_enable`
+    does (an ADMIN's when its health disabled it)."""
     _destination_for_change(actor, destination_id, Action.DESTINATION_UPDATE)
     values: dict[str, object] = {}
     if url is not None:
@@ -108,6 +118,8 @@ def destination_update(
         values["headers"] = clean_headers(headers)
     if max_in_flight is not None:
         values["max_in_flight"] = clean_max_in_flight(max_in_flight)
+    if rate_limit is not None:
+        values["rate_limit"] = clean_rate_limit(rate_limit)
     with transaction.atomic():
         destination = _destination_for_change(actor, destination_id, Action.DESTINATION_UPDATE)
         for name, value in values.items():

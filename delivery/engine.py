@@ -32,7 +32,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from delivery import health, outbox, policy, transport
+from delivery import health, limits, outbox, policy, transport
 from delivery.models import AUTOMATIC, DeliveryLog, Destination, LogStatus
 
 logger = logging.getLogger(__name__)
@@ -253,9 +253,9 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                     slow, stopped = _run_batch(
                         destination, batch, run, deadline=deadline, probe=probe
                     )
-                    if stopped:  # the breaker opened, or the destination was disabled
+                    if stopped:  # breaker open, destination disabled, or a rate to keep
                         admit = True
-                        if _waits(destination):
+                        if _waits(destination) or run.wake_at is not None:
                             return run
             finally:
                 if in_quick_lane:
@@ -381,6 +381,7 @@ def _send_batch(
     flushed = time.monotonic()
     latest_start = batch.lease - timedelta(seconds=policy.send_timeout())
     sends = waited_ms = 0
+    rate = limits.rate_limit(destination)
 
     def flush() -> bool:
         """Record `pending` and count it; True when the lane must stop."""
@@ -396,6 +397,12 @@ def _send_batch(
                 stop = flush()
                 outbox.give_back(batch, batch.logs[index:])
                 return False, stop
+            if rate and (wait := _wait_for_rate(destination, rate)) is not None:
+                if pending:  # not before `wait`: the lane stops here
+                    flush()
+                outbox.give_back(batch, batch.logs[index:])
+                run.wake_at = timezone.now() + timedelta(seconds=wait)
+                return False, True
             outcome = _send(destination, log)
             pending.append(outbox.result_of(log, outcome))
             run.sent += 1
@@ -413,6 +420,23 @@ def _send_batch(
     finally:
         if sends:
             quick_lanes.learn(destination.pk, waited_ms < QUICK_SECONDS * 1000 * sends)
+
+
+# A rate-limited lane sleeps for its next request slot when it is at most this far away
+# (rates of 10/s and more); a longer wait gives its worker thread back, and the lane is woken
+# when the slot comes (Huey's schedule: up to a second late, so slower than the rate, never
+# faster).
+RATE_SLEEP_SECONDS = 0.1
+
+
+def _wait_for_rate(destination: Destination, rate: float) -> float | None:
+    """Take the destination's next request slot at `rate` (limits.reserve), sleeping for it
+    when it is near; None once taken, else the seconds still to wait."""
+    while wait := limits.reserve(destination.pk, rate):
+        if wait > RATE_SLEEP_SECONDS:
+            return wait
+        time.sleep(wait)
+    return None
 
 
 def _send(destination: Destination, log: DeliveryLog) -> transport.Outcome:

@@ -8,6 +8,7 @@ class DeliveryErrorCode(StrEnum):
     INVALID_METHOD = "invalid_method"
     INVALID_HEADERS = "invalid_headers"
     INVALID_MAX_IN_FLIGHT = "invalid_max_in_flight"
+    INVALID_RATE_LIMIT = "invalid_rate_limit"
     INVALID_FILTER = "invalid_filter"
     NOT_RETRYABLE = "not_retryable"
     # REST: POST /server/incoming_data/

@@ -54,6 +54,11 @@ class Destination(models.Model):
         blank=True,
         help_text="Concurrent requests to this destination; empty: DELIVERY_MAX_IN_FLIGHT.",
     )
+    rate_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests per second to this destination; empty: DELIVERY_RATE_LIMIT.",
+    )
     signing_secret = EncryptedTextField(help_text="Standard Webhooks `whsec_…`.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -138,3 +138,18 @@ def clean_max_in_flight(value: int) -> int | None:
             field="maxInFlight",
         )
     return value or None
+
+
+MAX_RATE_LIMIT = 10_000
+
+
+def clean_rate_limit(value: int) -> int | None:
+    """A destination's requests per second: 1 to MAX_RATE_LIMIT, or 0 for the server's
+    default (DELIVERY_RATE_LIMIT), stored as None."""
+    if not 0 <= value <= MAX_RATE_LIMIT:
+        raise invalid(
+            DeliveryErrorCode.INVALID_RATE_LIMIT,
+            f"Use 1 to {MAX_RATE_LIMIT} requests per second, or 0 for the default.",
+            field="rateLimit",
+        )
+    return value or None

@@ -216,6 +216,9 @@ DELIVERY_SWEEP_GRACE_SECONDS = env_int("DELIVERY_SWEEP_GRACE_SECONDS", 60)
 DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 1, minimum=1)
 # At most 1,000: a batch's results are one statement of 8 parameters per log and 9 per
 # attempt, and PostgreSQL takes at most 65,535 parameters per statement.
+# Requests per second to one destination, shared by every worker (a destination's
+# `rate_limit` overrides it); 0: no limit.
+DELIVERY_RATE_LIMIT = env_int("DELIVERY_RATE_LIMIT", 0)
 DELIVERY_BATCH_SIZE = env_int("DELIVERY_BATCH_SIZE", 50, minimum=1, maximum=1000)
 DELIVERY_LANE_SLICE_SECONDS = env_float("DELIVERY_LANE_SLICE_SECONDS", 1.0)
 DELIVERY_SLOW_SECONDS = env_float("DELIVERY_SLOW_SECONDS", 1.0)

@@ -60,6 +60,11 @@ class DestinationCreateInput:
         description="Concurrent requests to this destination, 1 to 100; 0: the server's "
         "default (DELIVERY_MAX_IN_FLIGHT). Above 1, deliveries may arrive out of order.",
     )
+    rate_limit: int = strawberry.field(
+        default=0,
+        description="Requests per second to this destination, 1 to 10000, shared by every "
+        "worker; 0: the server's default (DELIVERY_RATE_LIMIT, none unless configured).",
+    )
 
 
 @strawberry.input(description="Fields left out (or null) stay as they are.")
@@ -72,6 +77,9 @@ class DestinationUpdateInput:
     is_active: bool | None = strawberry.UNSET
     max_in_flight: int | None = strawberry.field(
         default=strawberry.UNSET, description="1 to 100; 0: back to the server's default."
+    )
+    rate_limit: int | None = strawberry.field(
+        default=strawberry.UNSET, description="1 to 10000; 0: back to the server's default."
     )
 
 
@@ -273,7 +281,8 @@ class DeliveryQuery:
 class DeliveryMutation:
     @strawberry_django.mutation(
         description="Add a destination to an account, with a new signing secret. ADMIN. "
-        "Codes: invalid_url, invalid_headers, invalid_max_in_flight, not_found (account missing "
+        "Codes: invalid_url, invalid_headers, invalid_max_in_flight, invalid_rate_limit, "
+        "not_found (account missing "
         "or foreign), "
         "permission_denied, unauthenticated."
     )
@@ -286,11 +295,13 @@ class DeliveryMutation:
             headers=input.headers,  # type: ignore[arg-type]
             is_active=input.is_active,
             max_in_flight=input.max_in_flight,
+            rate_limit=input.rate_limit,
         )
 
     @strawberry_django.mutation(
         description="Change a destination; deliveries not sent yet use the new settings. ADMIN "
-        "or NORMAL_USER. Codes: invalid_url, invalid_headers, invalid_max_in_flight, not_found, "
+        "or NORMAL_USER. Codes: invalid_url, invalid_headers, invalid_max_in_flight, "
+        "invalid_rate_limit, not_found, "
         "unauthenticated."
     )
     def destination_update(
@@ -305,6 +316,7 @@ class DeliveryMutation:
             headers=given(input.headers),
             is_active=given(input.is_active),
             max_in_flight=given(input.max_in_flight),
+            rate_limit=given(input.rate_limit),
         )
         if given(input.is_active):
             tasks.wake_destinations([destination.pk])  # logs that waited for a re-enable

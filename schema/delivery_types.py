@@ -205,6 +205,10 @@ class Destination:
         description="Concurrent requests to this destination; null: the server's default "
         "(DELIVERY_MAX_IN_FLIGHT, 1 unless configured)."
     )
+    rate_limit: int | None = strawberry_django.field(
+        description="Requests per second to this destination, shared by every worker; null: "
+        "the server's default (DELIVERY_RATE_LIMIT, none unless configured)."
+    )
     created_at: datetime
     updated_at: datetime
 
