@@ -5,7 +5,8 @@ memory in embedded mode (one process).
 
 One record per destination (a Redis hash), written once per flushed group of results:
 
-- tries, transient failures and all failures per minute (the breaker's window; the last hour),
+- tries and transient failures per minute for the breaker's window (dropped when it closes),
+  tries and all failures per minute for the last hour's figures,
   tries and failures per hour (the last 24 hours), a latency histogram per 5 minutes (the last
   hour's p50 and p95); the last success, failure and error; failures since the last success and
   since when there has been no success;
@@ -37,7 +38,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
-from delivery import policy, selectors, transport
+from delivery import live, policy, selectors, transport
 from delivery.models import DeliveryLog, Destination, DisabledCause, Notice, NoticeKind
 from project.cache import redis_client
 
@@ -57,6 +58,8 @@ class State(StrEnum):
     DISABLED = "disabled"
 
 
+# Live figures (destinationUpdates): at most one message per destination per this long.
+PUBLISH_SECONDS = 1.0
 # How long a 429 without Retry-After holds a destination's lane.
 THROTTLE_SECONDS = 1.0
 
@@ -251,9 +254,18 @@ def _bin(duration_ms: int) -> int:
 _pruned: dict[int, int] = {}  # destination id -> the minute this process last pruned it
 
 
+BREAKER_MINUTES = 60  # the breaker's counts are kept this long (its window is at most this)
+
+
+def _breaker_fields(minute: int) -> list[str]:
+    """Every breaker count field that may exist: a closed breaker starts counting afresh."""
+    minutes = range(minute - BREAKER_MINUTES, minute + 1)
+    return [f"{kind}:{m}" for m in minutes for kind in ("bt", "bx")]
+
+
 def _window_fields(minute: int) -> list[str]:
     minutes = range(minute - settings.DESTINATION_BREAKER_WINDOW_MINUTES + 1, minute + 1)
-    return [f"{kind}:{m}" for m in minutes for kind in ("mt", "mx")]
+    return [f"{kind}:{m}" for m in minutes for kind in ("bt", "bx")]
 
 
 def observe(
@@ -275,8 +287,9 @@ def observe(
     failures = sum(outcome.kind is not transport.Kind.SUCCESS for outcome in outcomes)
     transient = sum(outcome.kind is transport.Kind.TRANSIENT for outcome in outcomes)
     incr = {
+        f"bt:{minute}": tries,
+        f"bx:{minute}": transient,
         f"mt:{minute}": tries,
-        f"mx:{minute}": transient,
         f"mf:{minute}": failures,
         f"ht:{hour}": tries,
         f"hf:{hour}": failures,
@@ -312,14 +325,17 @@ def observe(
         if len(_pruned) >= 10_000:
             _pruned.clear()
         _pruned[destination.pk] = minute
-        prune = {"mt": minute - 60, "mx": minute - 60, "mf": minute - 60}
+        prune = {"mt": minute - 60, "mf": minute - 60}
+        prune |= {"bt": minute - BREAKER_MINUTES, "bx": minute - BREAKER_MINUTES}
         prune |= {"ht": hour - 24, "hf": hour - 24, "ql": five - 12}
     window = _window_fields(minute)
-    read = ["ver", "state", "until", "trips", "failing", *window]
-    values = _store().update(
-        _key(destination.pk), incr=incr, put=put, put_new=put_new, prune=prune, read=read
-    )
+    read = ["ver", "state", "until", "trips", "failing", "pub", *window]
+    store, key = _store(), _key(destination.pk)
+    values = store.update(key, incr=incr, put=put, put_new=put_new, prune=prune, read=read)
     record = dict(zip(read, values, strict=True))
+    if at - float(record["pub"] or 0) >= PUBLISH_SECONDS:  # destinationUpdates' figures
+        store.update(key, incr={}, put={"pub": stamp}, put_new={}, prune={}, read=[])
+        live.publish_destination(destination.account_id, destination.pk)
     gone = any(outcome.status_code == 410 for outcome in outcomes)
     if gone:
         return _disable(destination, DisabledCause.GONE, "The destination answered 410 Gone.")
@@ -356,8 +372,8 @@ def _breaker(
             return _reopen(destination, version, int(record["trips"] or 1), now, outcomes)
         _close(destination, version, minute)
         return Verdict.GO
-    window_tries = sum(int(record[f] or 0) for f in window if f.startswith("mt"))
-    window_transient = sum(int(record[f] or 0) for f in window if f.startswith("mx"))
+    window_tries = sum(int(record[f] or 0) for f in window if f.startswith("bt"))
+    window_transient = sum(int(record[f] or 0) for f in window if f.startswith("bx"))
     if window_tries >= settings.DESTINATION_BREAKER_MIN_TRIES and (
         window_transient * 100 >= settings.DESTINATION_BREAKER_FAILURE_PERCENT * window_tries
     ):
@@ -421,7 +437,7 @@ def _reopen(
 
 def _close(destination: Destination, version: str, minute: int) -> None:
     # The window's failures are what opened it: a closed breaker starts counting afresh.
-    window = [f"{kind}:{m}" for m in range(minute - 60, minute + 1) for kind in ("mt", "mx")]
+    window = _breaker_fields(minute)
     put = {"state": "closed", "trips": "0", "until": "", "opened_at": ""}
     if _store().replace(_key(destination.pk), version=version, put=put, drop=window):
         notice(destination, NoticeKind.BREAKER_CLOSED, "A probe delivery succeeded.")
@@ -458,16 +474,20 @@ def reset(destination_id: int) -> None:
         put = {"state": "closed", "trips": "0", "until": "", "opened_at": "", "failing": ""}
         put["streak"] = "0"
         minute = int(timezone.now().timestamp() // 60)
-        window = [f"{kind}:{m}" for m in range(minute - 60, minute + 1) for kind in ("mt", "mx")]
+        window = _breaker_fields(minute)
         if store.replace(key, version=record.get("ver", ""), put=put, drop=window):
             return
 
 
 def notice(destination: Destination, kind: NoticeKind, detail: str) -> None:
-    """Record an operational change of the destination."""
+    """Record an operational change of the destination, published live after commit."""
     logger.warning("Destination %s: %s (%s)", destination.pk, kind, detail)
-    Notice.objects.create(
+    created = Notice.objects.create(
         account_id=destination.account_id, destination=destination, kind=kind, detail=detail
+    )
+    account_id, destination_id = destination.account_id, destination.pk
+    transaction.on_commit(
+        lambda: live.publish_destination(account_id, destination_id, notice_id=created.pk)
     )
 
 

@@ -19,6 +19,7 @@ import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.db.models import Q
 
-from delivery.models import DeliveryLog, Event
+from delivery.models import DeliveryLog, Event, Notice
 from delivery.selectors import LogFilters, apply_log_filters, log_matches
 from identity.errors import NotFound, Unauthenticated
 from identity.ids import parse_pk
@@ -76,6 +77,33 @@ def log_message(log: DeliveryLog) -> dict[str, Any]:
     if DeliveryLog.event.is_cached(log):
         message["event"] = log.event.event_id
     return message
+
+
+DESTINATION_MESSAGE = "destination.updates"
+
+
+def destination_group(account_id: object) -> str:
+    return f"destinations.{account_id}"
+
+
+def publish_destination(
+    account_id: object, destination_id: int, notice_id: int | None = None
+) -> None:
+    """Tell the account's destinationUpdates subscribers that a destination's health changed:
+    a recorded notice (`notice_id`, after its commit), or its figures. Never raises."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {
+        "type": DESTINATION_MESSAGE,
+        "account_id": str(account_id),
+        "destination_id": destination_id,
+        "notice_id": notice_id,
+    }
+    try:
+        _group_send(layer, destination_group(account_id), message)
+    except Exception:
+        logger.warning("Destination update for account %s not published", account_id, exc_info=True)
 
 
 def publish_log_update(log: DeliveryLog) -> None:
@@ -390,6 +418,88 @@ async def _batches(
             await reader
 
 
+class _Accounts:
+    """The accounts a stream serves: those `access` allowed at the start, narrowed (never
+    widened: a membership gained later has no joined group) at each re-check."""
+
+    def __init__(self, access: AccessCheck, ids: set[str]) -> None:
+        self.access, self.ids, self.checked = access, ids, time.monotonic()
+
+    @classmethod
+    async def start(cls, access: AccessCheck) -> "_Accounts":
+        ids = set(await access())
+        if not ids:
+            raise NotFound("Account")
+        return cls(access, ids)
+
+    async def recheck(self) -> bool:
+        """Ask `access` again once `recheck_interval()` has passed; False when the stream
+        must end (no account left, or the caller is no longer authenticated)."""
+        if time.monotonic() - self.checked < recheck_interval():
+            return True
+        try:
+            self.ids &= set(await self.access())
+        except Unauthenticated:
+            return False
+        self.checked = time.monotonic()
+        return bool(self.ids)
+
+
+@dataclass(frozen=True)
+class DestinationChange:
+    destination_id: int | None  # None: deleted since
+    notice: Notice | None  # None: the health figures moved
+
+
+def _notices_after(accounts: set[str], after: tuple[datetime, int]) -> list[Notice]:
+    notices = Notice.objects.filter(account_id__in=accounts).filter(
+        Q(at__gt=after[0]) | Q(at=after[0], pk__gt=after[1])
+    )
+    return list(notices.order_by("at", "pk")[:CATCH_UP_CHUNK])
+
+
+async def destination_stream(
+    *, access: AccessCheck, since: datetime | None, listen: ListenFactory
+) -> AsyncIterator[DestinationChange]:
+    """Every health change of the destinations of the accounts `access` allows: each notice
+    (breaker opened or closed, disabled, re-enabled) and, at most once a second per
+    destination, its figures. With `since`, first every notice recorded after `since`, then
+    live changes, with no gap or duplicate at the seam (the groups are joined first). Access
+    is re-checked as in `log_stream`. Changes of one destination that arrive together without
+    a notice come as one."""
+    allowed = await _Accounts.start(access)
+    shown: set[int] = set()
+    groups = [destination_group(a) for a in sorted(allowed.ids)]
+    async with listen(DESTINATION_MESSAGE, groups=groups) as messages:
+        if since is not None:
+            cursor = (since, 0)
+            while chunk := await sync_to_async(_notices_after)(allowed.ids, cursor):
+                for notice in chunk:
+                    shown.add(notice.pk)
+                    yield DestinationChange(notice.destination_id, notice)
+                cursor = (chunk[-1].at, chunk[-1].pk)
+                if not await allowed.recheck():
+                    return
+        async with contextlib.aclosing(_batches(messages, recheck_interval())) as batches:
+            async for batch in batches:
+                if not await allowed.recheck():
+                    return
+                figures: set[int] = set()
+                for message in batch:
+                    notice_id = message["notice_id"]
+                    if message["account_id"] not in allowed.ids or notice_id in shown:
+                        continue
+                    if notice_id is None:
+                        if message["destination_id"] in figures:
+                            continue
+                        figures.add(message["destination_id"])
+                        yield DestinationChange(message["destination_id"], None)
+                        continue
+                    found = await sync_to_async(Notice.objects.filter(pk=notice_id).first)()
+                    if found is not None:
+                        yield DestinationChange(found.destination_id, found)
+
+
 async def log_stream(
     *,
     access: AccessCheck,
@@ -416,22 +526,8 @@ async def log_stream(
     `access` is asked at the start (no account: raises NotFound) and again every
     `recheck_interval()`, also while no change arrives: an account no longer visible is
     dropped, and the stream ends when none is left or the caller is no longer authenticated."""
-    accounts = set(await access())
-    if not accounts:
-        raise NotFound("Account")
-    checked = time.monotonic()
-
-    async def recheck() -> bool:
-        nonlocal accounts, checked
-        if time.monotonic() - checked < recheck_interval():
-            return True
-        try:
-            # Never widened: a membership gained later has no joined group.
-            accounts &= set(await access())
-        except Unauthenticated:
-            return False
-        checked = time.monotonic()
-        return bool(accounts)
+    allowed = await _Accounts.start(access)
+    accounts, recheck = allowed.ids, allowed.recheck
 
     def from_message(update: dict[str, Any]) -> bool:
         return (

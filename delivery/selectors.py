@@ -170,7 +170,15 @@ def log_matches(log: DeliveryLog, f: LogFilters) -> bool:
 def log_account_ids(*, actor: Actor, account_id: str | None = None) -> frozenset[str]:
     """Ids of the accounts whose logs the actor may view: all of them, or only `account_id`
     (empty when it is foreign, missing or malformed)."""
-    accounts = account_ids(actor, Action.LOG_VIEW)
+    return viewable_account_ids(actor=actor, action=Action.LOG_VIEW, account_id=account_id)
+
+
+def viewable_account_ids(
+    *, actor: Actor, action: Action, account_id: str | None = None
+) -> frozenset[str]:
+    """Ids of the accounts where the actor may do `action`: all of them, or only
+    `account_id` (empty when it is foreign, missing or malformed)."""
+    accounts = account_ids(actor, action)
     if account_id is not None:
         pk = parse_uuid(account_id)
         if pk is None:

@@ -2,17 +2,19 @@
 
 from collections.abc import AsyncGenerator
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from asgiref.sync import sync_to_async
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
-from delivery import live, selectors
+from delivery import live, models, selectors
 from identity.errors import Unauthenticated
 from identity.models import User
+from identity.permissions import Action
 from schema import context
-from schema.delivery_types import DeliveryLog, LogStatus
+from schema.delivery_types import DeliveryLog, Destination, LogStatus, Notice, prefetch_health
 
 
 @strawberry.input(description="Narrow a live stream of delivery logs.")
@@ -32,15 +34,53 @@ class LogUpdateFilter:
     event_id: str | None = strawberry.field(default=None, description="The event's CL-X-EVENT-ID.")
 
 
-# Which accounts' logs a user may view, shared by the user's streams in this process.
-_log_access: context.Recent[tuple[int, bool, str | None], frozenset[str]] = context.Recent()
+# Which accounts' logs (or destinations) a user may view, shared by the user's streams in
+# this process.
+_access: context.Recent[tuple[int, bool, str | None, Action], frozenset[str]] = context.Recent()
 
 
-async def _log_accounts(user: User, account_id: str | None) -> frozenset[str]:
-    return await _log_access.get(
-        (user.pk, user.is_superuser, account_id),
-        lambda: sync_to_async(selectors.log_account_ids)(actor=user, account_id=account_id),
+async def _viewable(user: User, account_id: str | None, action: Action) -> frozenset[str]:
+    return await _access.get(
+        (user.pk, user.is_superuser, account_id, action),
+        lambda: sync_to_async(selectors.viewable_account_ids)(
+            actor=user, action=action, account_id=account_id
+        ),
     )
+
+
+def _access_check(info: Info, account_id: strawberry.ID | None, action: Action) -> Any:
+    """live.AccessCheck of the socket's user for `action` in `account_id` (None: all)."""
+    ws = info.context["ws"]
+    asked = str(account_id) if account_id is not None else None
+
+    async def access() -> frozenset[str]:
+        user = await context.socket_user(ws.auth_token)
+        if user is None:
+            raise Unauthenticated()
+        return await _viewable(user, asked, action)
+
+    return access
+
+
+@strawberry.type(
+    name="DestinationUpdate",
+    description="A change of a destination's health: a notice (breaker opened or closed, "
+    "disabled, re-enabled), or its figures (notice null).",
+)
+class DestinationUpdate:
+    destination: Destination | None = strawberry.field(
+        description="As it is now, with its health; null once deleted."
+    )
+    notice: Notice | None
+
+
+def _destination_now(destination_id: int | None) -> models.Destination | None:
+    found = (
+        None
+        if destination_id is None
+        else models.Destination.objects.filter(pk=destination_id).first()
+    )
+    return None if found is None else prefetch_health([found])[0]
 
 
 @strawberry.type
@@ -64,17 +104,9 @@ class Subscription:
         since: datetime | None = None,
     ) -> AsyncGenerator[DeliveryLog, None]:
         ws = info.context["ws"]
-        asked = str(account_id) if account_id is not None else None
-
-        async def access() -> frozenset[str]:
-            user = await context.socket_user(ws.auth_token)
-            if user is None:
-                raise Unauthenticated()
-            return await _log_accounts(user, asked)
-
         f = filters or LogUpdateFilter()
         stream = live.log_stream(
-            access=access,
+            access=_access_check(info, account_id, Action.LOG_VIEW),
             filters=selectors.LogFilters(
                 destination_id=_destination_id(f),
                 statuses=[_status_value(s) for s in f.status] if f.status else None,
@@ -87,6 +119,32 @@ class Subscription:
         )
         async for log in stream:
             yield log  # type: ignore[misc]
+
+    @strawberry.subscription(
+        description="Every health change of the destinations of `accountId` (default: all "
+        "your accounts), for members of the account (any role): each notice as it is recorded "
+        "(breaker opened or closed, disabled, re-enabled) and, at most once a second per "
+        "destination, its moving figures. With `since`, first every notice recorded after "
+        "that time, then live changes, with no gap or duplicate at the seam. Same socket, "
+        "authentication and re-checks as logUpdates."
+    )
+    async def destination_updates(
+        self,
+        info: Info,
+        account_id: strawberry.ID | None = None,
+        since: datetime | None = None,
+    ) -> AsyncGenerator[DestinationUpdate, None]:
+        stream = live.destination_stream(
+            access=_access_check(info, account_id, Action.DESTINATION_VIEW),
+            since=since,
+            listen=info.context["ws"].listen_to_channel,
+        )
+        async for change in stream:
+            destination = await sync_to_async(_destination_now)(change.destination_id)
+            yield DestinationUpdate(
+                destination=destination,  # type: ignore[arg-type]
+                notice=change.notice,  # type: ignore[arg-type]
+            )
 
 
 # DeliveryLog fields that a live change's message carries (delivery/live.log_message).

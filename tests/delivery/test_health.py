@@ -108,6 +108,9 @@ def test_half_open_probe_then_growing_cool_down_then_close(destination: Destinat
     assert observe(destination, [OK], second, probe=True) == [GO]
     assert health.admit(destination.pk, now=second) == health.GO
     assert observe(destination, [FAIL] * 9, second) == [GO] * 9
+    # Closing forgets the breaker's counts, not the figures: 10 + probe + straggler + probe + 9.
+    (figures,) = health.figures([destination], now=second)
+    assert (figures.attempts_1h, figures.failures_1h) == (22, 20)
     assert [kind for kind, _ in notices(destination)] == [
         "breaker_opened",
         "breaker_opened",

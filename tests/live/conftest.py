@@ -4,6 +4,7 @@ project.asgi.application."""
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -58,20 +59,26 @@ class WSClient:
         await self.communicator.disconnect()
 
 
-async def subscribers(account_id: object) -> int:
-    """How many channels listen to the account's live group, read from the channel layer
-    itself (in-memory or Redis): a test waits on this before causing updates."""
+async def subscribers(account_id: object, group_of: Callable[[object], str] = group_name) -> int:
+    """How many channels listen to the account's live group (of logs, unless `group_of`
+    names another), read from the channel layer itself (in-memory or Redis): a test waits on
+    this before causing updates."""
     layer = get_channel_layer()
-    group = group_name(account_id)
+    group = group_of(account_id)
     if isinstance(layer, InMemoryChannelLayer):
         return len(layer.groups.get(group, {}))
     connection = layer.connection(layer.consistent_hash(group))
     return int(await connection.zcard(layer._group_key(group)))
 
 
-async def wait_subscribed(account_id: object, count: int = 1, timeout: float = 5) -> None:
+async def wait_subscribed(
+    account_id: object,
+    count: int = 1,
+    timeout: float = 5,
+    group_of: Callable[[object], str] = group_name,
+) -> None:
     deadline = time.monotonic() + timeout
-    while await subscribers(account_id) < count:
+    while await subscribers(account_id, group_of) < count:
         assert time.monotonic() < deadline, f"fewer than {count} subscribers after {timeout}s"
         await asyncio.sleep(0.01)
 

@@ -248,6 +248,13 @@ def _acme_notice(data: Any, world: World, persona: Persona) -> bool:
     ]
 
 
+def _acme_destination_update(data: Any, world: World, persona: Persona) -> bool:
+    return bool(
+        data["destination"]["id"] == str(world.destination.pk)
+        and _acme_notice([data["notice"]], world, persona)
+    )
+
+
 def _acme_event(data: Any, world: World, persona: Persona) -> bool:
     return bool(data["eventId"] == "acme-event-1")
 
@@ -493,6 +500,13 @@ AUDIT: dict[str, Audit] = {
         Allowed("LogsRetryResult", _retried(1)),
     ),
     # --- subscriptions (over WebSocket; anonymous is refused at connection_init) ---
+    "Subscription.destinationUpdates": Audit(  # the catch-up shows Acme's notice
+        lambda w: {"accountId": str(w.acme.pk), "since": "2000-01-01T00:00:00+00:00"},
+        UNAUTH,
+        NOT_FOUND,
+        Allowed(check=_acme_destination_update),
+        Allowed(check=_acme_destination_update),
+    ),
     "Subscription.logUpdates": Audit(
         lambda w: {"accountId": str(w.acme.pk), "since": "2000-01-01T00:00:00+00:00"},
         UNAUTH,
@@ -645,6 +659,7 @@ def assert_outcome(
 
 
 QUERIES_AND_MUTATIONS = [name for name in AUDIT if not name.startswith("Subscription.")]
+SUBSCRIPTIONS = [name for name in AUDIT if name.startswith("Subscription.")]
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
@@ -678,13 +693,13 @@ def test_role_matrix_audit(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", SUBSCRIPTIONS)
 @pytest.mark.parametrize("persona", PERSONAS)
 async def test_subscription_role_matrix_audit(
-    personas: dict[str, Persona], world: World, persona: str
+    personas: dict[str, Persona], world: World, persona: str, name: str
 ) -> None:
     from django.db import connections
 
-    name = "Subscription.logUpdates"
     audit = AUDIT[name]
     outcome = audit.expect(persona)
     client, connected, _ = await connect()
@@ -711,7 +726,7 @@ async def test_subscription_role_matrix_audit(
         else:
             assert isinstance(outcome, Allowed)
             assert message["type"] == "next", message
-            data = message["payload"]["data"]["logUpdates"]
+            data = message["payload"]["data"][name.split(".")[1]]
             assert outcome.check is not None
             assert outcome.check(data, world, personas[persona]), message
     finally:

@@ -23,6 +23,7 @@ from tests.security.test_role_audit import (
     AUDIT,
     NOT_FOUND,
     QUERIES_AND_MUTATIONS,
+    SUBSCRIPTIONS,
     Allowed,
     World,
     assert_no_leak,
@@ -87,7 +88,7 @@ async def test_anonymous_never_gets_past_connection_init(
     personas: dict[str, Persona], world: World
 ) -> None:
     before = await sync_to_async(db_rows)()
-    for name in [*QUERIES_AND_MUTATIONS, "Subscription.logUpdates"]:
+    for name in [*QUERIES_AND_MUTATIONS, *SUBSCRIPTIONS]:
         client, _, _ = await connect()
         variables = await sync_to_async(AUDIT[name].args)(world)
         query = operation(name, variables)
