@@ -150,11 +150,11 @@ def run(ctx: Context) -> Section:
 
 
 def _drain(
-    tenant: seed.Tenant, worker: Proc, sink: Nginx, seconds: float
+    tenant: seed.Tenant, worker: Proc, sink: Nginx, seconds: float, total: int = LOGS
 ) -> tuple[int, float, dict[str, float], StatementCounts]:
     """Deliveries finished, seconds, CPU µs per delivery by process group and the SQL
     statements run, measured from the worker's first finished delivery for at most
-    `seconds` (or until all are done)."""
+    `seconds` (or until all `total` are done)."""
     accounts = [tenant.account.pk]
     first = count_logs("success", accounts=accounts)
     deadline = time.monotonic() + 60
@@ -168,7 +168,7 @@ def _drain(
         done = count_logs("success", accounts=accounts)
         meter.start()
         start_count, start = done, time.monotonic()
-        while done < LOGS and time.monotonic() < start + seconds and worker.alive():
+        while done < total and time.monotonic() < start + seconds and worker.alive():
             time.sleep(0.25)
             done = count_logs("success", accounts=accounts)
         meter.stop()

@@ -39,6 +39,7 @@ SECTIONS = {
     "query": "logs(first: 100) over 100k rows: SQL queries and time vs values()",
     "memory": "run_huey RSS before/after a long delivery run",
     "fanout": "1,000 WebSocket subscribers on one daphne: status change -> receipt",
+    "health": "destination health: CPU per delivery on vs off; recovery after an outage",
 }
 
 

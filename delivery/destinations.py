@@ -160,6 +160,7 @@ def _enable(actor: Actor, destination: Destination) -> None:
     user = require_user(actor)
     health.notice(destination, NoticeKind.ENABLED, f"Re-enabled by {user.email} (was: {was})")
     pk = destination.pk
+    outbox.resume(pk)
     transaction.on_commit(lambda: health.reset(pk))
 
 

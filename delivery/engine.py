@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from delivery import health, limits, outbox, policy, transport
 from delivery.models import AUTOMATIC, DeliveryLog, Destination, LogStatus
+from identity.models import Account
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ class LaneRun:
 # --- Shared state in the cache ---------------------------------------------------------------
 
 
-def _slot_key(destination_id: int, slot: int) -> str:
-    return f"lane:{destination_id}:{slot}"
+_slot_key = policy.lane_slot_key
 
 
 def _slot_seconds() -> int:
@@ -209,9 +209,10 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
         destination = destination_copies.get(destination_id)
         if destination is None and (destination := destination_copies.load(destination_id)) is None:
             return run  # its waiting logs failed when it was deleted
-        if _waits(destination) and _waits(destination := destination_copies.load(destination_id)):
-            return run  # disabled for its health: its logs wait for a re-enable (which wakes)
-        assert destination is not None
+        if _waits(destination):  # our copy may predate a re-enable: ask the database
+            destination = destination_copies.load(destination_id)
+            if destination is None or _waits(destination):
+                return run  # disabled for its health: its logs wait for a re-enable (a wake)
         pace = cache.get(_pace_key(destination_id))
         slow = pace == SLOW
         deadline = time.monotonic() + settings.DELIVERY_LANE_SLICE_SECONDS
@@ -305,7 +306,13 @@ class _DestinationCopies:
     PostgreSQL a claim returns no version and the copy is loaded again after each claim.)"""
 
     MAX = 10_000
-    _SELECT = f"SELECT * FROM {Destination._meta.db_table} WHERE id = %s"  # noqa: S608
+    # With its account's default limits (policy.max_in_flight, limits.rate_limit); a change
+    # of those moves the account's destinations' updated_at.
+    _SELECT = (
+        f"SELECT d.*, a.default_max_in_flight AS account_max_in_flight, "  # noqa: S608
+        f"a.default_rate_limit AS account_rate_limit FROM {Destination._meta.db_table} d "
+        f"JOIN {Account._meta.db_table} a ON a.id = d.account_id WHERE d.id = %s"
+    )
 
     def __init__(self) -> None:
         self._copies: dict[int, Destination] = {}
@@ -382,12 +389,16 @@ def _send_batch(
     latest_start = batch.lease - timedelta(seconds=policy.send_timeout())
     sends = waited_ms = 0
     rate = limits.rate_limit(destination)
+    slots = _RateSlots(destination.pk, rate)
 
     def flush() -> bool:
         """Record `pending` and count it; True when the lane must stop."""
         outbox.record_claimed(batch, pending)
         outcomes = [result.outcome for result in pending if result.outcome is not None]
-        return health.observe(destination, outcomes, probe=probe) is health.Verdict.STOP
+        verdict = health.observe(destination, outcomes, probe=probe)
+        if verdict is health.Verdict.CLOSED:
+            outbox.resume(destination.pk)  # the outage's retries are due now, in order
+        return verdict is health.Verdict.STOP
 
     try:
         for index, log in enumerate(batch.logs):
@@ -397,7 +408,7 @@ def _send_batch(
                 stop = flush()
                 outbox.give_back(batch, batch.logs[index:])
                 return False, stop
-            if rate and (wait := _wait_for_rate(destination, rate)) is not None:
+            if rate and (wait := slots.take(len(batch.logs) - index)) is not None:
                 if pending:  # not before `wait`: the lane stops here
                     flush()
                 outbox.give_back(batch, batch.logs[index:])
@@ -422,21 +433,32 @@ def _send_batch(
             quick_lanes.learn(destination.pk, waited_ms < QUICK_SECONDS * 1000 * sends)
 
 
-# A rate-limited lane sleeps for its next request slot when it is at most this far away
-# (rates of 10/s and more); a longer wait gives its worker thread back, and the lane is woken
-# when the slot comes (Huey's schedule: up to a second late, so slower than the rate, never
-# faster).
+# A rate-limited lane reserves the request slots due within this long and sleeps for each
+# (at rates of 10/s and more there is always one); when the next is further away it gives its
+# worker thread back, and is woken when the slot comes (Huey's schedule: up to a second late,
+# so slower than the rate, never faster).
 RATE_SLEEP_SECONDS = 0.1
 
 
-def _wait_for_rate(destination: Destination, rate: float) -> float | None:
-    """Take the destination's next request slot at `rate` (limits.reserve), sleeping for it
-    when it is near; None once taken, else the seconds still to wait."""
-    while wait := limits.reserve(destination.pk, rate):
-        if wait > RATE_SLEEP_SECONDS:
-            return wait
-        time.sleep(wait)
-    return None
+class _RateSlots:
+    """A lane's reserved request slots of a rate-limited destination (limits.reserve)."""
+
+    def __init__(self, destination_id: int, rate: float) -> None:
+        self.destination_id, self.rate = destination_id, rate
+        self.due: list[float] = []  # monotonic times of the slots not used yet
+
+    def take(self, wanted: int) -> float | None:
+        """Wait for the next slot (reserving up to `wanted` when none is left); None once
+        it is due, else the seconds until one would be (nothing is held then)."""
+        if not self.due:
+            grant = limits.reserve(self.destination_id, self.rate, wanted, RATE_SLEEP_SECONDS)
+            if not grant.count:
+                return grant.first
+            start = time.monotonic() + grant.first
+            self.due = [start + i * grant.spacing for i in range(grant.count)]
+        if (wait := self.due.pop(0) - time.monotonic()) > 0:
+            time.sleep(wait)
+        return None
 
 
 def _send(destination: Destination, log: DeliveryLog) -> transport.Outcome:

@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from delivery import live, policy, selectors, transport
 from delivery.models import DeliveryLog, Destination, DisabledCause, Notice, NoticeKind
+from identity.models import Account
 from project.cache import redis_client
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class _Store(Protocol):
         prune: dict[str, int],
         read: list[str],
     ) -> list[str | None]:
-        """Atomically: add `incr`, set `put`, set `put_new` where unset, drop bucket fields
+        """Atomically: add `incr`, set `put`, set `put_new` where unset or empty, drop bucket fields
         `kind:slot…` whose slot is below `prune[kind]`; return the `read` fields."""
 
     def replace(self, key: str, *, version: str, put: dict[str, str], drop: list[str]) -> bool:
@@ -102,7 +103,10 @@ local function pairs_of(apply)
 end
 pairs_of(function(f, v) redis.call('HINCRBY', key, f, v) end)
 pairs_of(function(f, v) redis.call('HSET', key, f, v) end)
-pairs_of(function(f, v) redis.call('HSETNX', key, f, v) end)
+pairs_of(function(f, v)
+    local current = redis.call('HGET', key, f)
+    if not current or current == '' then redis.call('HSET', key, f, v) end
+end)
 local bounds, any = {}, false
 pairs_of(function(k, v) bounds[k] = tonumber(v); any = true end)
 if any then
@@ -189,7 +193,8 @@ class _CacheStore:
                 record[name] = str(int(record.get(name, 0)) + amount)
             record.update(put)
             for name, value in put_new.items():
-                record.setdefault(name, value)
+                if not record.get(name):
+                    record[name] = value
             for name in list(record):
                 kind, _, rest = name.partition(":")
                 if kind in prune and rest and int(rest.split(":")[0]) < prune[kind]:
@@ -241,6 +246,7 @@ def _key(destination_id: int) -> str:
 
 class Verdict(StrEnum):
     GO = "go"  # the lane may go on
+    CLOSED = "closed"  # go on: the probe closed the breaker, the backlog is due (outbox.resume)
     STOP = "stop"  # the breaker is open or the destination disabled: send nothing more
 
 
@@ -278,7 +284,7 @@ def observe(
     """Count the tries of a flushed group of results (in the order they were made) and move
     the breaker or the destination's state if they say so. `probe`: they are the probe(s) of
     a half-open breaker. Returns whether the lane may go on."""
-    if not outcomes:
+    if not outcomes or not settings.DESTINATION_HEALTH:
         return Verdict.GO
     now = now or timezone.now()
     at = now.timestamp()
@@ -370,8 +376,7 @@ def _breaker(
             return Verdict.STOP  # opened meanwhile (by this lane's or another's results)
         if transient:
             return _reopen(destination, version, int(record["trips"] or 1), now, outcomes)
-        _close(destination, version, minute)
-        return Verdict.GO
+        return Verdict.CLOSED if _close(destination, version, minute) else Verdict.GO
     window_tries = sum(int(record[f] or 0) for f in window if f.startswith("bt"))
     window_transient = sum(int(record[f] or 0) for f in window if f.startswith("bx"))
     if window_tries >= settings.DESTINATION_BREAKER_MIN_TRIES and (
@@ -435,12 +440,14 @@ def _reopen(
     return Verdict.STOP
 
 
-def _close(destination: Destination, version: str, minute: int) -> None:
+def _close(destination: Destination, version: str, minute: int) -> bool:
     # The window's failures are what opened it: a closed breaker starts counting afresh.
     window = _breaker_fields(minute)
     put = {"state": "closed", "trips": "0", "until": "", "opened_at": ""}
-    if _store().replace(_key(destination.pk), version=version, put=put, drop=window):
-        notice(destination, NoticeKind.BREAKER_CLOSED, "A probe delivery succeeded.")
+    if not _store().replace(_key(destination.pk), version=version, put=put, drop=window):
+        return False
+    notice(destination, NoticeKind.BREAKER_CLOSED, "A probe delivery succeeded.")
+    return True
 
 
 def _disable(destination: Destination, cause: DisabledCause, reason: str) -> Verdict:
@@ -511,6 +518,8 @@ def admit(destination_id: int, *, now: datetime | None = None) -> Admission:
     due logs move to the probe time); in half-open, yes for the holder of one of the PROBES
     probe tokens, no for the others (the probe's lane goes on with the backlog once it
     closes)."""
+    if not settings.DESTINATION_HEALTH:
+        return GO
     key = _key(destination_id)
     (state, until, pause) = _store().update(
         key, incr={}, put={}, put_new={}, prune={}, read=["state", "until", "pause"]
@@ -581,15 +590,23 @@ def _rate(tries: int, failures: int) -> float | None:
 
 def figures(destinations: Sequence[Destination], *, now: datetime | None = None) -> list[Health]:
     """The health of each destination: one read of the records (one round trip), one of the
-    lane slots and one statement for the waiting logs, whatever their number."""
+    lane slots, one statement for the accounts' default limits and one for the waiting logs,
+    whatever their number."""
     if not destinations:
         return []
     now = now or timezone.now()
     at = now.timestamp()
     minute, five, hour = int(at // 60), int(at // 300), int(at // 3600)
     records = _store().read([_key(d.pk) for d in destinations])
+    accounts = {d.account_id for d in destinations if not hasattr(d, "account_max_in_flight")}
+    defaults = dict(
+        Account.objects.filter(pk__in=accounts).values_list("pk", "default_max_in_flight")
+    )
+    for d in destinations:
+        if d.account_id in defaults:  # what policy.max_in_flight reads
+            d.account_max_in_flight = defaults[d.account_id]  # type: ignore[attr-defined]
     slots = {
-        (d.pk, slot): f"lane:{d.pk}:{slot}"
+        (d.pk, slot): policy.lane_slot_key(d.pk, slot)
         for d in destinations
         for slot in range(policy.max_in_flight(d))
     }

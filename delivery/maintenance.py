@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from delivery import outbox
-from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus
+from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus, Notice
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ def logs_sweep(*, now: datetime | None = None, limit: int = 1000) -> Swept:
 def logs_purge(*, now: datetime | None = None, batch: int = 1000) -> dict[str, int]:
     """Delete logs (with their attempts) received more than DELIVERY_LOG_RETENTION_DAYS ago,
     and events older than that with no logs left (not those still waiting for their fan-out),
-    in batches of `batch` rows."""
+    in batches of `batch` rows; and destination notices older than that."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.DELIVERY_LOG_RETENTION_DAYS)
-    counts = {"logs": 0, "attempts": 0, "events": 0}
+    counts = {"logs": 0, "attempts": 0, "events": 0, "notices": 0}
     while ids := list(
         DeliveryLog.objects.filter(received_timestamp__lt=cutoff).values_list("pk", flat=True)[
             :batch
@@ -100,4 +100,6 @@ def logs_purge(*, now: datetime | None = None, batch: int = 1000) -> dict[str, i
         ).values_list("pk", flat=True)[:batch]
     ):
         counts["events"] += Event.objects.filter(pk__in=ids).delete()[0]
+    while ids := list(Notice.objects.filter(at__lt=cutoff).values_list("pk", flat=True)[:batch]):
+        counts["notices"] += Notice.objects.filter(pk__in=ids).delete()[0]
     return counts

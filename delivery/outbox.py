@@ -4,6 +4,7 @@ functions, and each works on a batch of logs with a constant number of statement
     queued/retrying --claim--> sending --record--> success | retrying | failed
     sending --give_back--> queued/retrying (unsent rest of a batch, as it was)
     queued/retrying --defer--> queued/retrying, due at the breaker's probe time
+    queued/retrying --resume--> queued/retrying, due now (breaker closed, destination enabled)
     sending (lease ended) --take_back--> retrying | failed (the lost try recorded)
     failed/success/retrying/queued --requeue--> queued (manual retry; schedule restarts)
 
@@ -238,6 +239,16 @@ def defer(destination_id: int, until: datetime) -> int:
     return DeliveryLog.objects.filter(
         destination_id=destination_id, status__in=DUE, next_attempt_at__lt=until
     ).update(next_attempt_at=until)
+
+
+def resume(destination_id: int) -> int:
+    """Make every waiting log of the destination due now, at one time (its breaker closed,
+    or it was enabled again): the retries the outage pushed back go out with the rest, in
+    the order the logs were created, without spending a try. One statement, not published
+    (statuses do not change). Returns how many moved."""
+    return DeliveryLog.objects.filter(destination_id=destination_id, status__in=DUE).update(
+        next_attempt_at=timezone.now()
+    )
 
 
 @dataclass

@@ -44,5 +44,17 @@ def batch_size(*, slow: bool) -> int:
 
 
 def max_in_flight(destination: Destination) -> int:
-    """Lanes (concurrent requests) a destination may have at once."""
-    return destination.max_in_flight or int(settings.DELIVERY_MAX_IN_FLIGHT)
+    """Lanes (concurrent requests) a destination may have at once: its own limit, else its
+    account's default (`account_max_in_flight`, which engine.destination_copies loads with
+    the destination), else DELIVERY_MAX_IN_FLIGHT."""
+    return (
+        destination.max_in_flight
+        or getattr(destination, "account_max_in_flight", None)
+        or int(settings.DELIVERY_MAX_IN_FLIGHT)
+    )
+
+
+def lane_slot_key(destination_id: int, slot: int) -> str:
+    """The cache key of a destination's lane slot (delivery/engine.py takes and frees them;
+    the health figures count the ones held)."""
+    return f"lane:{destination_id}:{slot}"

@@ -126,30 +126,23 @@ def clean_headers(headers: Any) -> dict[str, str]:
 
 
 MAX_IN_FLIGHT = 100
-
-
-def clean_max_in_flight(value: int) -> int | None:
-    """A destination's concurrent-request limit: 1 to MAX_IN_FLIGHT, or 0 for the server's
-    default (DELIVERY_MAX_IN_FLIGHT), stored as None."""
-    if not 0 <= value <= MAX_IN_FLIGHT:
-        raise invalid(
-            DeliveryErrorCode.INVALID_MAX_IN_FLIGHT,
-            f"Use 1 to {MAX_IN_FLIGHT}, or 0 for the default.",
-            field="maxInFlight",
-        )
-    return value or None
-
-
 MAX_RATE_LIMIT = 10_000
 
 
-def clean_rate_limit(value: int) -> int | None:
-    """A destination's requests per second: 1 to MAX_RATE_LIMIT, or 0 for the server's
-    default (DELIVERY_RATE_LIMIT), stored as None."""
-    if not 0 <= value <= MAX_RATE_LIMIT:
-        raise invalid(
-            DeliveryErrorCode.INVALID_RATE_LIMIT,
-            f"Use 1 to {MAX_RATE_LIMIT} requests per second, or 0 for the default.",
-            field="rateLimit",
-        )
+def _limit(value: int, top: int, code: DeliveryErrorCode, field: str, unit: str = "") -> int | None:
+    """A per-destination limit: 1 to `top`, or 0 for the server's default, stored as None."""
+    if not 0 <= value <= top:
+        raise invalid(code, f"Use 1 to {top}{unit}, or 0 for the default.", field=field)
     return value or None
+
+
+def clean_max_in_flight(value: int, field: str = "maxInFlight") -> int | None:
+    """A destination's (or an account's default) concurrent-request limit (0: the default)."""
+    return _limit(value, MAX_IN_FLIGHT, DeliveryErrorCode.INVALID_MAX_IN_FLIGHT, field)
+
+
+def clean_rate_limit(value: int, field: str = "rateLimit") -> int | None:
+    """A destination's (or an account's default) requests per second (0: the default)."""
+    return _limit(
+        value, MAX_RATE_LIMIT, DeliveryErrorCode.INVALID_RATE_LIMIT, field, " requests per second"
+    )

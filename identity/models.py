@@ -68,6 +68,10 @@ class Account(models.Model):
     secret_hash = models.CharField(max_length=64, unique=True)
     previous_secret_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    # Defaults of its destinations' limits (a destination's own value wins; empty: the
+    # server's DELIVERY_MAX_IN_FLIGHT / DELIVERY_RATE_LIMIT).
+    default_max_in_flight = models.PositiveSmallIntegerField(null=True, blank=True)
+    default_rate_limit = models.PositiveIntegerField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

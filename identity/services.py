@@ -15,6 +15,8 @@ from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from delivery.models import Destination
+from delivery.validators import clean_max_in_flight, clean_rate_limit
 from identity import auth, mail, members, secrets, selectors, throttle
 from identity.errors import ErrorCode, Forbidden, NotFound, invalid
 from identity.ids import parse_pk
@@ -287,15 +289,31 @@ def account_update(
     account_id: uuid.UUID | str,
     name: str | None = None,
     website: str | None = None,
+    default_max_in_flight: int | None = None,
+    default_rate_limit: int | None = None,
 ) -> Account:
-    """Rename or change the website of an account (ADMIN)."""
+    """Rename or change the website of an account, or its destinations' default limits
+    (ADMIN; 0: back to the server's default). Raises ValidationError `invalid`,
+    `invalid_max_in_flight`, `invalid_rate_limit`."""
     check(actor, Action.ACCOUNT_MANAGE, account_id)
     _clean_account_fields(name, website)
+    limits: dict[str, int | None] = {}
+    if default_max_in_flight is not None:
+        limits["default_max_in_flight"] = clean_max_in_flight(
+            default_max_in_flight, "defaultMaxInFlight"
+        )
+    if default_rate_limit is not None:
+        limits["default_rate_limit"] = clean_rate_limit(default_rate_limit, "defaultRateLimit")
     account = Account.objects.select_for_update().get(pk=account_id)
     if name is not None:
         account.name = name.strip()
     if website is not None:
         account.website = website
+    if any(getattr(account, field) != value for field, value in limits.items()):
+        for field, value in limits.items():
+            setattr(account, field, value)
+        # Workers keep copies of destinations, reloaded when a destination's updated_at moves.
+        Destination.objects.filter(account=account).update(updated_at=timezone.now())
     account.updated_by = require_user(actor)
     account.save()
     return account

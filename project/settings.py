@@ -240,6 +240,9 @@ DELIVERY_LOG_RETENTION_DAYS = env_int("DELIVERY_LOG_RETENTION_DAYS", 30, minimum
 # DESTINATION_BREAKER_MIN_TRIES tries; after a cool-down (doubling at each failed probe, up to
 # the maximum) DESTINATION_BREAKER_PROBES deliveries probe it. DESTINATION_BREAKER=0 turns it off.
 DESTINATION_BREAKER = env_bool("DESTINATION_BREAKER", True)
+# DESTINATION_HEALTH=0 keeps no health record at all: no breaker, figures, 429 hold or
+# automatic disabling (what the benchmark compares against).
+DESTINATION_HEALTH = env_bool("DESTINATION_HEALTH", True)
 DESTINATION_BREAKER_FAILURE_PERCENT = env_int(
     "DESTINATION_BREAKER_FAILURE_PERCENT", 70, minimum=1, maximum=100
 )
@@ -251,7 +254,7 @@ DESTINATION_BREAKER_COOLDOWN_SECONDS = env_int(
     "DESTINATION_BREAKER_COOLDOWN_SECONDS", 30, minimum=1
 )
 DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS = env_int(
-    "DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS", 900, minimum=1
+    "DESTINATION_BREAKER_MAX_COOLDOWN_SECONDS", 300, minimum=1
 )
 DESTINATION_BREAKER_PROBES = env_int("DESTINATION_BREAKER_PROBES", 1, minimum=1)
 # A destination whose tries have all failed for this long (seconds; 5 days, as Svix; 0: never)

@@ -100,7 +100,7 @@ def destination_health(destination: models.Destination) -> health.Health:
 
 
 def prefetch_health(destinations: list[models.Destination]) -> list[models.Destination]:
-    """Read the health of a list of destinations at once (three round trips in all)."""
+    """Read the health of a list of destinations at once (four round trips in all)."""
     for destination, figures in zip(destinations, health.figures(destinations), strict=True):
         destination._health = figures  # type: ignore[attr-defined]
     return destinations

@@ -63,6 +63,16 @@ class AccountCreateInput:
 class AccountUpdateInput:
     name: str | None = strawberry.UNSET
     website: str | None = strawberry.UNSET
+    default_max_in_flight: int | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Concurrent requests to each destination without its own maxInFlight, 1 "
+        "to 100; 0: back to the server's default (DELIVERY_MAX_IN_FLIGHT).",
+    )
+    default_rate_limit: int | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Requests per second to each destination without its own rateLimit, 1 to "
+        "10000; 0: back to the server's default (DELIVERY_RATE_LIMIT).",
+    )
 
 
 @strawberry.input
@@ -195,13 +205,19 @@ class IdentityMutation:
         )
         return AccountSecret(account=account, app_secret_token=secret)  # type: ignore[arg-type]
 
-    @strawberry_django.mutation(description="Rename an account or change its website. ADMIN.")
+    @strawberry_django.mutation(
+        description="Rename an account, change its website, or its destinations' default "
+        "limits (defaultMaxInFlight, defaultRateLimit). ADMIN. Codes: invalid, "
+        "invalid_max_in_flight, invalid_rate_limit, not_found, permission_denied."
+    )
     def account_update(self, info: Info, id: strawberry.ID, input: AccountUpdateInput) -> Account:
         return services.account_update(  # type: ignore[return-value]
             actor=context.actor(info),
             account_id=id,
             name=given(input.name),
             website=given(input.website),
+            default_max_in_flight=given(input.default_max_in_flight),
+            default_rate_limit=given(input.default_rate_limit),
         )
 
     @strawberry_django.mutation(description="Delete an account and everything in it. ADMIN.")

@@ -79,6 +79,14 @@ class Account:
         field_name="secret_prefix",
         description="The visible start of the current app secret, to tell secrets apart.",
     )
+    default_max_in_flight: int | None = strawberry_django.field(
+        description="Concurrent requests to each destination without its own maxInFlight; "
+        "null: the server's default."
+    )
+    default_rate_limit: int | None = strawberry_django.field(
+        description="Requests per second to each destination without its own rateLimit; null: "
+        "the server's default (none unless configured)."
+    )
     created_at: datetime
     updated_at: datetime
     members: list["Member"] = strawberry_django.field(

@@ -104,8 +104,9 @@ def test_half_open_probe_then_growing_cool_down_then_close(destination: Destinat
     assert health.admit(destination.pk, now=second) == health.Admission(go=True, probe=True)
     # Tries made meanwhile by lanes that started before it opened change nothing.
     assert observe(destination, [OK], second) == [STOP]
-    # The probe succeeds: closed, and the old failures no longer count.
-    assert observe(destination, [OK], second, probe=True) == [GO]
+    # The probe succeeds: closed (the lane makes the backlog due), and the old failures no
+    # longer count.
+    assert observe(destination, [OK], second, probe=True) == [health.Verdict.CLOSED]
     assert health.admit(destination.pk, now=second) == health.GO
     assert observe(destination, [FAIL] * 9, second) == [GO] * 9
     # Closing forgets the breaker's counts, not the figures: 10 + probe + straggler + probe + 9.
@@ -177,6 +178,11 @@ def test_a_success_restarts_the_disable_window(destination: Destination) -> None
     assert observe(destination, [REFUSED], T0 + timedelta(days=5)) == [GO]
     destination.refresh_from_db()
     assert destination.is_active
+    # The window starts again at the first failure after the success.
+    assert observe(destination, [REFUSED], T0 + timedelta(days=10) - timedelta(seconds=1)) == [GO]
+    assert observe(destination, [REFUSED], T0 + timedelta(days=10)) == [STOP]
+    destination.refresh_from_db()
+    assert destination.disabled_reason == "Every try has failed since 2026-06-06T12:00:30+00:00."
 
 
 def test_410_disables_at_once_and_its_logs_wait_for_a_re_enable(
@@ -259,7 +265,7 @@ def test_open_breaker_defers_without_spending_tries_and_resumes_in_order(
     account: Account, sink: Sink, settings: Any
 ) -> None:
     settings.DELIVERY_BATCH_SIZE = 5
-    settings.DELIVERY_RETRY_SCHEDULE = [0.5]
+    settings.DELIVERY_RETRY_SCHEDULE = [5]  # later than the probe: resumed when it closes
     settings.DESTINATION_BREAKER_COOLDOWN_SECONDS = 1
     destination = sink_destination(account, sink, "/status/" + ",".join(["500"] * 11 + ["200"]))
     logs = [due_log(destination) for _ in range(30)]
@@ -274,10 +280,15 @@ def test_open_breaker_defers_without_spending_tries_and_resumes_in_order(
     probe_at = run.wake_at
     assert probe_at is not None
     stored = DeliveryLog.objects.in_bulk([log.pk for log in logs])
-    assert {(s.status, s.attempt_count, s.next_attempt_at) for s in stored.values()} == {
-        (LogStatus.RETRYING, 1, probe_at),
-        (LogStatus.QUEUED, 0, probe_at),
+    assert {(s.status, s.attempt_count) for s in stored.values()} == {
+        (LogStatus.RETRYING, 1),
+        (LogStatus.QUEUED, 0),
     }
+    waiting = {s.status: set() for s in stored.values()}
+    for s in stored.values():
+        waiting[s.status].add(s.next_attempt_at)
+    assert waiting[LogStatus.QUEUED] == {probe_at}  # deferred to the probe
+    assert all(due is not None and due > probe_at for due in waiting[LogStatus.RETRYING])
     assert sum(stored[log.pk].attempt_count for log in logs) == 11
     # Before the probe time a lane sends nothing.
     assert start(destination).sent == 0
@@ -286,11 +297,12 @@ def test_open_breaker_defers_without_spending_tries_and_resumes_in_order(
     time.sleep(max(0.0, (probe_at - timezone.now()).total_seconds()) + 0.01)
     run = start(destination)
 
-    # The probe (the oldest log) succeeded, the breaker closed, the rest followed in order.
+    # The probe (the oldest due log) succeeded, the breaker closed, and every waiting log was
+    # due at once: the retries too, so all came in order.
     assert run.sent == 30
     ids = {log.webhook_id: log.pk for log in logs}
     arrivals = [ids[r.headers["webhook-id"]] for r in sink.received()[11:]]
-    assert arrivals == [log.pk for log in logs]
+    assert arrivals[1:] == [log.pk for log in logs if log.pk != arrivals[0]]
     stored = DeliveryLog.objects.in_bulk([log.pk for log in logs])
     assert [(stored[log.pk].status, stored[log.pk].attempt_count) for log in logs] == [
         (LogStatus.SUCCESS, 2)
@@ -401,3 +413,17 @@ def test_notices_query(account: Account, gql: GraphQL, admin: Persona, sink: Sin
         persona=admin,
     )
     assert error_codes(too_many) == ["invalid_filter"]
+
+
+def test_health_off_keeps_no_record(destination: Destination, settings: Any) -> None:
+    settings.DESTINATION_HEALTH = False
+    assert (
+        observe(destination, [FAIL] * 20 + [Outcome(Kind.PERMANENT, 5, status_code=410)], T0)
+        == [GO] * 21
+    )
+    assert health.admit(destination.pk, now=T0) == health.GO
+    (figures,) = health.figures([destination], now=T0)
+    assert (figures.state, figures.attempts_1h) == (health.State.HEALTHY, 0)
+    destination.refresh_from_db()
+    assert destination.is_active
+    assert notices(destination) == []

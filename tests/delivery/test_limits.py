@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from delivery import limits
-from delivery.models import DeliveryLog, LogStatus
+from delivery import engine, health, limits, policy
+from delivery.models import DeliveryLog, Destination, LogStatus
 from identity.models import Account
+from tests.conftest import GraphQL, Persona
 from tests.delivery.conftest import due_log, sink_destination, start
 from tests.sink import Sink
 
@@ -60,15 +61,17 @@ def test_rate_limit_spaces_the_requests(account: Account, sink: Sink, settings: 
     assert arrivals[-1] - arrivals[0] >= 6 * 0.05 - 0.005, arrivals
 
 
-def test_reserve_counts_only_what_goes(account: Account, sink: Sink) -> None:
+def test_reserve_grants_the_slots_within_the_horizon(account: Account, sink: Sink) -> None:
     destination = sink_destination(account, sink)
-    # After a pause two may go at once; then one per 1/rate.
-    assert limits.reserve(destination.pk, 2.0) == 0.0
-    assert limits.reserve(destination.pk, 2.0) == 0.0
-    wait = limits.reserve(destination.pk, 2.0)
-    assert 0.4 < wait <= 0.5
-    # Asking again does not push the slot further away.
-    assert limits.reserve(destination.pk, 2.0) <= wait
+    # After a pause the first slot is one spacing back (a burst of two), then every 0.1 s.
+    grant = limits.reserve(destination.pk, 10.0, 5, 0.25)
+    assert grant.count == 4  # due at -0.1, 0, 0.1 and 0.2 s
+    assert -0.11 <= grant.first <= -0.09
+    # The next free slot is 0.3 s away: none within 0.25 s, nothing reserved.
+    refused = limits.reserve(destination.pk, 10.0, 5, 0.25)
+    assert refused.count == 0
+    assert 0.25 < refused.first <= 0.3
+    assert limits.reserve(destination.pk, 10.0, 1, 0.25).count == 0
 
 
 def test_a_slow_rate_gives_the_thread_back_until_the_next_slot(
@@ -91,3 +94,53 @@ def test_a_slow_rate_gives_the_thread_back_until_the_next_slot(
         (LogStatus.SUCCESS, 1),
         (LogStatus.QUEUED, 0),
     ]
+
+
+ACCOUNT_LIMITS = """mutation ($id: ID!, $input: AccountUpdateInput!) {
+    accountUpdate(id: $id, input: $input) { ... on Account { defaultMaxInFlight defaultRateLimit }
+    ... on OperationInfo { messages { code field } } } }"""
+
+
+def test_account_defaults_apply_to_destinations_without_their_own(
+    account: Account, sink: Sink, gql: GraphQL, admin: Persona
+) -> None:
+    destination = sink_destination(account, sink)
+    due_log(destination)
+    assert start(destination).sent == 1  # no limit yet; the lane's worker has a copy now
+    answer = gql(
+        ACCOUNT_LIMITS,
+        {"id": str(account.pk), "input": {"defaultRateLimit": 2, "defaultMaxInFlight": 3}},
+        persona=admin,
+    )
+    assert answer["data"]["accountUpdate"] == {"defaultMaxInFlight": 3, "defaultRateLimit": 2}
+    logs = [due_log(destination) for _ in range(3)]
+
+    run = start(destination)
+
+    # The copy was loaded again (the account's change moved the destination's updated_at).
+    assert run.sent == 2  # two at once after a pause, then 2/s: the third waits
+    assert run.wake_at is not None
+    copy = engine.destination_copies.get(destination.pk)
+    assert copy is not None
+    assert policy.max_in_flight(copy) == 3
+    assert DeliveryLog.objects.get(pk=logs[2].pk).status == LogStatus.QUEUED
+    (figures,) = health.figures([Destination.objects.get(pk=destination.pk)])
+    assert figures.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("defaultMaxInFlight", 101, "invalid_max_in_flight"),
+        ("defaultRateLimit", 10_001, "invalid_rate_limit"),
+    ],
+)
+def test_account_defaults_out_of_range_write_nothing(
+    account: Account, gql: GraphQL, admin: Persona, field: str, value: int, code: str
+) -> None:
+    before = Account.objects.values().get(pk=account.pk)
+    answer = gql(
+        ACCOUNT_LIMITS, {"id": str(account.pk), "input": {field: value, "name": "X"}}, persona=admin
+    )
+    assert answer["data"]["accountUpdate"] == {"messages": [{"code": code, "field": field}]}
+    assert Account.objects.values().get(pk=account.pk) == before

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from delivery import engine, maintenance, tasks, transport
-from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus
+from delivery.models import DeliveryAttempt, DeliveryLog, Event, LogStatus, Notice
 from identity.models import Account
 from tests.delivery.conftest import due_log, sink_destination, task_calls
 from tests.factories import make_account, make_destination, make_event, make_log
@@ -154,11 +154,14 @@ def test_purge_deletes_old_logs_attempts_and_orphan_events_in_batches(
     orphan_recent = Event.objects.create(
         account=account, event_id="orphan-recent", payload={}, size=2, received_at=recent
     )
+    Notice.objects.create(account=account, kind="disabled", at=old, detail="old")
+    recent_notice = Notice.objects.create(account=account, kind="enabled", at=recent)
 
     with CaptureQueriesContext(connection) as queries:
         counts = maintenance.logs_purge(batch=2)
 
-    assert counts == {"logs": 6, "attempts": 7, "events": 5}
+    assert counts == {"logs": 6, "attempts": 7, "events": 5, "notices": 1}
+    assert list(Notice.objects.values_list("pk", flat=True)) == [recent_notice.pk]
     assert sorted(DeliveryLog.objects.values_list("pk", flat=True)) == sorted(
         log.pk for log in kept
     )
@@ -170,7 +173,7 @@ def test_purge_deletes_old_logs_attempts_and_orphan_events_in_batches(
         q["sql"] for q in queries if q["sql"].startswith('DELETE FROM "delivery_deliverylog"')
     ]
     assert len(log_deletes) == 3  # 6 old logs, 2 per batch
-    assert maintenance.logs_purge(batch=2) == {"logs": 0, "attempts": 0, "events": 0}
+    assert maintenance.logs_purge(batch=2) == {"logs": 0, "attempts": 0, "events": 0, "notices": 0}
 
 
 def test_a_send_that_outlives_its_lease_leaves_the_log_to_the_new_owner(
