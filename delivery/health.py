@@ -37,6 +37,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from delivery import live, policy, selectors, transport
 from delivery.models import DeliveryLog, Destination, DisabledCause, Notice, NoticeKind
@@ -283,9 +284,24 @@ def observe(
 ) -> Verdict:
     """Count the tries of a flushed group of results (in the order they were made) and move
     the breaker or the destination's state if they say so. `probe`: they are the probe(s) of
-    a half-open breaker. Returns whether the lane may go on."""
+    a half-open breaker. Returns whether the lane may go on. Never raises for want of Redis
+    (the results are recorded already): those tries are then not counted."""
     if not outcomes or not settings.DESTINATION_HEALTH:
         return Verdict.GO
+    try:
+        return _observe(destination, outcomes, probe=probe, now=now)
+    except RedisError:
+        logger.warning("Destination %s: health not updated (Redis)", destination.pk, exc_info=True)
+        return Verdict.GO
+
+
+def _observe(
+    destination: Destination,
+    outcomes: Sequence[transport.Outcome],
+    *,
+    probe: bool,
+    now: datetime | None,
+) -> Verdict:
     now = now or timezone.now()
     at = now.timestamp()
     minute, five, hour = int(at // 60), int(at // 300), int(at // 3600)
@@ -520,10 +536,18 @@ def admit(destination_id: int, *, now: datetime | None = None) -> Admission:
     closes)."""
     if not settings.DESTINATION_HEALTH:
         return GO
-    key = _key(destination_id)
-    (state, until, pause) = _store().update(
-        key, incr={}, put={}, put_new={}, prune={}, read=["state", "until", "pause"]
-    )
+    try:
+        (state, until, pause) = _store().update(
+            _key(destination_id),
+            incr={},
+            put={},
+            put_new={},
+            prune={},
+            read=["state", "until", "pause"],
+        )
+    except RedisError:  # the breaker cannot be asked: deliver (a failure is retried)
+        logger.warning("Destination %s: breaker not read (Redis)", destination_id, exc_info=True)
+        return GO
     now = now or timezone.now()
     if pause and float(pause) > now.timestamp():  # it answered 429: Retry-After
         return Admission(go=False, look_again_at=datetime.fromtimestamp(float(pause), UTC))

@@ -7,6 +7,7 @@ comes late keeps the next slot where it was (up to one spacing), so the rate hol
 average, with bursts of at most two after a pause. The clock is Redis's, so workers on
 several machines agree."""
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -14,9 +15,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from redis.exceptions import RedisError
 
 from delivery.models import Destination
 from project.cache import redis_client
+
+logger = logging.getLogger(__name__)
 
 # KEYS[1]: the destination's next arrival time; ARGV: the spacing (seconds), how many slots
 # are wanted, the horizon (seconds). Returns how many were granted and, as text, when the
@@ -64,7 +68,8 @@ _scripts: dict[int, Any] = {}
 
 def reserve(destination_id: int, rate: float, wanted: int, horizon: float) -> Grant:
     """Reserve up to `wanted` of the destination's next request slots at `rate` per second,
-    those due within `horizon` seconds."""
+    those due within `horizon` seconds. Without Redis, every slot is granted at the rate from
+    now (the lane alone keeps the rate)."""
     spacing = 1.0 / rate
     key = f"rate:{destination_id}"
     client = redis_client(cache)
@@ -82,5 +87,9 @@ def reserve(destination_id: int, rate: float, wanted: int, horizon: float) -> Gr
     script = _scripts.get(id(client))
     if script is None:
         script = _scripts[id(client)] = client.register_script(_RESERVE_LUA)
-    granted, first = script(keys=[cache.make_key(key)], args=[spacing, wanted, horizon])
+    try:
+        granted, first = script(keys=[cache.make_key(key)], args=[spacing, wanted, horizon])
+    except RedisError:  # no shared count: this lane keeps the rate on its own
+        logger.warning("Destination %s: rate slots not reserved (Redis)", destination_id)
+        return Grant(wanted, 0.0, spacing)
     return Grant(int(granted), float(first), spacing)

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from delivery import engine, health, policy
 from delivery.models import DeliveryLog, Destination, DisabledCause, LogStatus, Notice
@@ -426,4 +427,22 @@ def test_health_off_keeps_no_record(destination: Destination, settings: Any) -> 
     assert (figures.state, figures.attempts_1h) == (health.State.HEALTHY, 0)
     destination.refresh_from_db()
     assert destination.is_active
+    assert notices(destination) == []
+
+
+def test_without_redis_the_lane_goes_on(
+    destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The results are recorded before they are counted: a Redis outage must not stop a lane
+    # with claimed logs (they would stay `sending` until their lease ends).
+    class Down:
+        def __getattr__(self, name: str) -> Any:
+            def fail(*args: Any, **kwargs: Any) -> Any:
+                raise RedisConnectionError("Connection refused")
+
+            return fail
+
+    monkeypatch.setattr(health, "_store", Down)
+    assert observe(destination, [FAIL] * 10, T0) == [GO] * 10
+    assert health.admit(destination.pk, now=T0) == health.GO
     assert notices(destination) == []

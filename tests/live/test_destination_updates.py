@@ -85,6 +85,6 @@ async def test_since_replays_missed_notices_then_goes_live(
     assert figures["notice"] is None
     assert closed["notice"] == {"kind": "BREAKER_CLOSED"}
     # Closed, and DEGRADED while the failures are in the last 5 minutes.
-    assert closed["destination"]["health"] == {"state": "DEGRADED", "attempts1h": 11}
+    assert closed["destination"]["health"]["state"] == "DEGRADED"
     assert await client.nothing_pending()
     await client.close()
