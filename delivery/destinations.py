@@ -6,7 +6,6 @@ ingest hot path reads them) after commit."""
 
 import uuid
 
-from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,12 +23,6 @@ from identity.ids import parse_uuid
 from identity.models import Account
 from identity.permissions import Action, Actor, check, require_user
 from project.db import retry_contended
-
-
-def _forget_destinations(account_id: uuid.UUID) -> None:
-    # A UUID, never the caller's spelling: the key must be the one the ingest path reads.
-    key = selectors.destinations_cache_key(account_id)
-    transaction.on_commit(lambda: cache.delete(key))
 
 
 def _destination_for_change(actor: Actor, destination_id: str | int, action: Action) -> Destination:
@@ -88,7 +81,7 @@ def destination_create(
             created_by=user,
             updated_by=user,
         )
-        _forget_destinations(account_pk)
+        selectors.forget_destination_ids(account_pk)
     return destination
 
 
@@ -130,7 +123,7 @@ def destination_update(
             _disable(actor, destination)
         destination.updated_by = require_user(actor)
         destination.save()
-        _forget_destinations(destination.account_id)
+        selectors.forget_destination_ids(destination.account_id)
     return destination
 
 
@@ -144,7 +137,7 @@ def destination_enable(*, actor: Actor, destination_id: str | int) -> Destinatio
             _enable(actor, destination)
             destination.updated_by = require_user(actor)
             destination.save()
-            _forget_destinations(destination.account_id)
+            selectors.forget_destination_ids(destination.account_id)
     return destination
 
 
@@ -191,7 +184,7 @@ def destination_delete(*, actor: Actor, destination_id: str | int) -> None:
 def _destination_delete(*, actor: Actor, destination_id: str | int) -> None:
     destination = _destination_for_change(actor, destination_id, Action.DESTINATION_MANAGE)
     Account.objects.select_for_update().filter(pk=destination.account_id).first()
-    _forget_destinations(destination.account_id)
+    selectors.forget_destination_ids(destination.account_id)
     outbox.fail_waiting(DeliveryLog.objects.filter(destination=destination), outbox.DELETED)
     destination.delete()
 

@@ -480,8 +480,7 @@ def _disable(destination: Destination, cause: DisabledCause, reason: str) -> Ver
         )
         if changed:
             notice(destination, NoticeKind.DISABLED, reason)
-            key = selectors.destinations_cache_key(destination.account_id)
-            transaction.on_commit(lambda: cache.delete(key))
+            selectors.forget_destination_ids(destination.account_id)
     destination.is_active, destination.disabled_cause = False, cause
     destination.disabled_reason, destination.disabled_at = reason, now
     return Verdict.STOP

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models import QuerySet
 
 from delivery.models import DeliveryLog, Destination, Event, Notice
@@ -69,6 +70,14 @@ def notice_list(
 
 def destinations_cache_key(account_id: object) -> str:
     return f"destinations:{account_id}"
+
+
+def forget_destination_ids(account_id: uuid.UUID) -> None:
+    """Drop the account's cached destination ids (active_destination_ids) after commit: every
+    change of a destination's active set calls this."""
+    # A UUID, never the caller's spelling: the key must be the one the ingest path reads.
+    key = destinations_cache_key(account_id)
+    transaction.on_commit(lambda: cache.delete(key))
 
 
 def active_destinations(account_id: uuid.UUID) -> QuerySet[Destination]:
