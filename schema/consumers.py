@@ -159,9 +159,31 @@ def slot_release(key: str, owner: str) -> None:
         cache.delete(key)
 
 
+def _payload_token(params: object) -> str | None:
+    """The token of a `connection_init` payload: {"authToken": "<token>"}, or the same
+    `Authorization: Bearer <token>` that queries send, as a payload key (any case; GraphiQL
+    and most clients send their headers so) or under "headers"."""
+    if not isinstance(params, dict):
+        return None
+    raw = params.get("authToken")
+    if isinstance(raw, str) and raw:
+        return raw
+    for scope in (params, params.get("headers")):
+        if isinstance(scope, dict):
+            for key, value in scope.items():
+                if (
+                    isinstance(key, str)
+                    and key.lower() == "authorization"
+                    and isinstance(value, str)
+                ):
+                    return token_from_header(value)
+    return None
+
+
 class LiveConsumer(GraphQLWSConsumer):
-    """Authenticates from `connection_init` {"authToken": "<token>"} or an `Authorization:
-    Bearer` header on the upgrade request; a bad, expired or revoked token closes the socket
+    """Authenticates from `connection_init` {"authToken": "<token>"} or {"Authorization":
+    "Bearer <token>"} (also under "headers"), or an `Authorization: Bearer` header on the
+    upgrade request; a bad, expired or revoked token closes the socket
     with 4403 (Forbidden), and so does the watchdog once it stops being valid ("Token revoked
     or expired"). More than WS_MAX_CONNECTIONS_PER_USER open sockets of a user: 4429. Browser
     origins other than the server's own must be listed in WS_ALLOWED_ORIGINS."""
@@ -197,9 +219,8 @@ class LiveConsumer(GraphQLWSConsumer):
             await sync_to_async(slot_release)(*slot)
 
     async def on_ws_connect(self, context: Any) -> UnsetType | dict[str, object] | None:
-        params = context.get("connection_params") or {}
-        raw = params.get("authToken") if isinstance(params, dict) else None
-        if not isinstance(raw, str) or not raw:
+        raw = _payload_token(context.get("connection_params"))
+        if not raw:
             headers = dict(self.scope.get("headers", []))
             raw = token_from_header(headers.get(b"authorization", b"").decode("latin1"))
         user = await socket_user(raw)

@@ -90,7 +90,8 @@ class Subscription:
         "delivery logs of `accountId` (default: all your accounts), for members of the account "
         "(any role). With `since`, first the current state of every matching log changed after "
         "that time, then live changes, with no gap or duplicate at the seam. Over the WebSocket "
-        "(`graphql-transport-ws`), token in the connection_init payload: {authToken}; only "
+        "(`graphql-transport-ws`), token in the connection_init payload: {authToken} or "
+        '{Authorization: "Bearer <token>"}; only '
         "subscriptions are served there (queries and mutations: operation_not_allowed). Access "
         "is re-checked at least every LIVE_RECHECK_SECONDS (default 1), idle or not: losing "
         "membership of an account drops its changes and the stream completes when no account "

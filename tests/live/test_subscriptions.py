@@ -87,6 +87,42 @@ async def test_authorization_header_on_upgrade_authenticates(admin: Persona) -> 
     await client.close()
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lambda token: {"Authorization": f"Bearer {token}"},
+        lambda token: {"authorization": f"bearer {token}"},
+        lambda token: {"headers": {"Authorization": f"Bearer {token}"}},
+    ],
+    ids=["Authorization", "lower-case", "headers"],
+)
+async def test_authorization_header_in_connection_init_authenticates(
+    admin: Persona, payload: Any
+) -> None:
+    client, _, _ = await connect()
+    await client.send({"type": "connection_init", "payload": payload(admin.token)})
+    assert await client.receive() == {"type": "connection_ack"}
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"Authorization": "Bearer dpu_not-a-real-token"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"headers": {"Authorization": 17}},
+    ],
+)
+async def test_bad_authorization_in_connection_init_closes_with_4403(
+    db: None, payload: dict[str, Any]
+) -> None:
+    client, _, _ = await connect()
+    await client.send({"type": "connection_init", "payload": payload})
+    closed = await client.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    await client.close()
+
+
 async def test_legacy_graphql_ws_subprotocol_is_refused(db: None) -> None:
     _, connected, _ = await connect(protocol="graphql-ws")
     assert not connected
