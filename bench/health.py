@@ -1,15 +1,15 @@
 """Section — health: what destination health costs per delivery, and how soon a destination
 that comes back after an outage gets its backlog.
 
-1. Cost, paired: the engine in this process, blocks of 300 deliveries (10 destinations,
+1. Cost, paired: the engine in this process, blocks of 500 deliveries (10 destinations,
    nginx sink) alternating between DESTINATION_HEALTH=0 (no health record: the engine
    without breaker, figures or limits) and the defaults plus a rate limit on every
    destination that never binds (1,000,000/s, so the limiter's round trips are paid): CPU of
-   this process, PostgreSQL and Redis per delivery in 16 blocks of each. Adjacent blocks run
-   within a second of each other, so the host's speed (which moves by up to 2x between runs
-   a minute apart here) cancels out of each pair's ratio; the verdict is on the median of
-   the pairs' ratios (a block the host slowed moves it least). Target: on ≤ 1.10 x off.
-   Then, for the whole process picture, one `run_huey -w 16` draining 5,000 queued
+   this process, PostgreSQL and Redis per delivery in 16 blocks of each (BENCH_HEALTH_PAIRS).
+   Adjacent blocks run within a second of each other, so the host's speed (which moves by up
+   to 2x between runs a minute apart here) cancels out of each pair's ratio; the verdict is
+   on the median of the pairs' ratios (a block the host slowed moves it least). Target:
+   on ≤ 1.10 x off. Then, for the whole process picture, one `run_huey -w 16` draining 5,000 queued
    deliveries per run, three runs each way, alternating (medians; the cost with 16 threads
    sharing the process, which the paired blocks do not see; same target).
 2. Recovery: a receiver that answers 500 for 10 minutes while 10 events/s arrive for it, then
