@@ -245,14 +245,18 @@ def lane_run(destination_id: int, slot: int = 0) -> LaneRun:
                         destination_id=destination_id, limit=limit, publish=pace != FAST
                     )
                 if batch is not None:
-                    cache.touch(_slot_key(destination_id, slot), _slot_seconds())
+                    renew = (_slot_key(destination_id, slot), _slot_seconds())
                     if batch.destination_version != destination.updated_at:  # or unknown
                         if (changed := destination_copies.load(destination_id)) is None:
+                            cache.touch(*renew)
                             _fail(batch, outbox.DELETED)  # since our copy was loaded
                             return run
                         destination = changed
+                    rate = limits.rate_limit(destination) if destination.is_active else 0
+                    if not rate:  # else the batch's first rate reservation renews the slot
+                        cache.touch(*renew)
                     slow, stopped = _run_batch(
-                        destination, batch, run, deadline=deadline, probe=probe
+                        destination, batch, run, deadline=deadline, probe=probe, renew=renew
                     )
                     if stopped:  # breaker open, destination disabled, or a rate to keep
                         admit = True
@@ -362,13 +366,19 @@ def _waits(destination: Destination | None) -> bool:
 
 
 def _run_batch(
-    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float, probe: bool
+    destination: Destination,
+    batch: outbox.Claim,
+    run: LaneRun,
+    *,
+    deadline: float,
+    probe: bool,
+    renew: tuple[str, int],
 ) -> tuple[bool, bool]:
     """Send a claimed batch (see `_send_batch`); when the destination is inactive, fail it
     at once, or give it back when its health disabled it. Returns whether a send was slow and
     whether the lane must stop sending (breaker open, destination disabled)."""
     if destination.is_active:
-        return _send_batch(destination, batch, run, deadline=deadline, probe=probe)
+        return _send_batch(destination, batch, run, deadline=deadline, probe=probe, renew=renew)
     if _waits(destination):
         outbox.give_back(batch, batch.logs)
         return False, True
@@ -377,19 +387,26 @@ def _run_batch(
 
 
 def _send_batch(
-    destination: Destination, batch: outbox.Claim, run: LaneRun, *, deadline: float, probe: bool
+    destination: Destination,
+    batch: outbox.Claim,
+    run: LaneRun,
+    *,
+    deadline: float,
+    probe: bool,
+    renew: tuple[str, int],
 ) -> tuple[bool, bool]:
     """Send the claimed logs in order, recording results (and counting them for the
     destination's health) at least every FLUSH_SECONDS. Stops at the first slow send, at the
     end of the lane's time slice, when a send could outlive the claim's lease, or when its
     results open the breaker or disable the destination, and gives the unsent rest back.
-    Returns (a send was slow, the lane must stop sending)."""
+    Returns (a send was slow, the lane must stop sending). With a rate limit, the first
+    reservation of request slots renews the lane's slot `renew` in its round trip."""
     pending: list[outbox.Result] = []
     flushed = time.monotonic()
     latest_start = batch.lease - timedelta(seconds=policy.send_timeout())
     sends = waited_ms = 0
     rate = limits.rate_limit(destination)
-    slots = _RateSlots(destination.pk, rate)
+    slots = _RateSlots(destination.pk, rate, renew)
 
     def flush() -> bool:
         """Record `pending` and count it; True when the lane must stop."""
@@ -444,15 +461,19 @@ RATE_EARLY_SECONDS = 0.001
 class _RateSlots:
     """A lane's reserved request slots of a rate-limited destination (limits.reserve)."""
 
-    def __init__(self, destination_id: int, rate: float) -> None:
+    def __init__(self, destination_id: int, rate: float, renew: tuple[str, int] | None) -> None:
         self.destination_id, self.rate = destination_id, rate
+        self.renew = renew  # renewed with the first reservation (limits.reserve)
         self.due: list[float] = []  # monotonic times of the slots not used yet
 
     def take(self, wanted: int) -> float | None:
         """Wait for the next slot (reserving up to `wanted` when none is left); None once
         it is due, else the seconds until one would be (nothing is held then)."""
         if not self.due:
-            grant = limits.reserve(self.destination_id, self.rate, wanted, RATE_SLEEP_SECONDS)
+            grant = limits.reserve(
+                self.destination_id, self.rate, wanted, RATE_SLEEP_SECONDS, renew=self.renew
+            )
+            self.renew = None
             if not grant.count:
                 return grant.first
             start = time.monotonic() + grant.first

@@ -83,9 +83,12 @@ class _Store(Protocol):
         put_new: dict[str, str],
         prune: dict[str, int],
         read: list[str],
-    ) -> list[str | None]:
+        stamp: tuple[str, float, float] | None = None,
+    ) -> tuple[list[str | None], bool]:
         """Atomically: add `incr`, set `put`, set `put_new` where unset or empty, drop bucket fields
-        `kind:slot…` whose slot is below `prune[kind]`; return the `read` fields."""
+        `kind:slot…` whose slot is below `prune[kind]`; with `stamp` (field, now, gap), set the
+        field to `now` when it holds a time at least `gap` seconds older (or none). Returns
+        the `read` fields (as they were before the stamp) and whether the stamp was set."""
 
     def replace(self, key: str, *, version: str, put: dict[str, str], drop: list[str]) -> bool:
         """Set `put` and drop `drop` if the record's version is still `version`; then the
@@ -118,9 +121,17 @@ if any then
         end
     end
 end
-redis.call('EXPIRE', key, ARGV[i]); i = i + 1
-if i > #ARGV then return {} end
-return redis.call('HMGET', key, unpack(ARGV, i))
+redis.call('EXPIRE', key, ARGV[i])
+local stamp, now, gap = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+i = i + 4
+local read = {}
+if i <= #ARGV then read = redis.call('HMGET', key, unpack(ARGV, i)) end
+local stamped = 0
+if stamp ~= '' and now - (tonumber(redis.call('HGET', key, stamp) or '') or 0) >= gap then
+    redis.call('HSET', key, stamp, ARGV[i - 2])
+    stamped = 1
+end
+return {stamped, read}
 """
 
 _REPLACE_LUA = """
@@ -154,9 +165,12 @@ class _RedisStore:
         put_new: dict[str, str],
         prune: dict[str, int],
         read: list[str],
-    ) -> list[str | None]:
-        args = [*_flat(incr), *_flat(put), *_flat(put_new), *_flat(prune), RECORD_SECONDS, *read]
-        return [None if v is None else v.decode() for v in self._update(keys=[key], args=args)]
+        stamp: tuple[str, float, float] | None = None,
+    ) -> tuple[list[str | None], bool]:
+        field, now, gap = stamp or ("", 0.0, 0.0)
+        args = [*_flat(incr), *_flat(put), *_flat(put_new), *_flat(prune), RECORD_SECONDS]
+        stamped, values = self._update(keys=[key], args=[*args, field, repr(now), gap, *read])
+        return [None if v is None else v.decode() for v in values], bool(stamped)
 
     def replace(self, key: str, *, version: str, put: dict[str, str], drop: list[str]) -> bool:
         args = [version, *_flat(put), *drop, RECORD_SECONDS]
@@ -187,7 +201,8 @@ class _CacheStore:
         put_new: dict[str, str],
         prune: dict[str, int],
         read: list[str],
-    ) -> list[str | None]:
+        stamp: tuple[str, float, float] | None = None,
+    ) -> tuple[list[str | None], bool]:
         with self._lock:
             record: dict[str, str] = cache.get(key) or {}
             for name, amount in incr.items():
@@ -200,8 +215,12 @@ class _CacheStore:
                 kind, _, rest = name.partition(":")
                 if kind in prune and rest and int(rest.split(":")[0]) < prune[kind]:
                     del record[name]
+            values = [record.get(name) for name in read]
+            stamped = False
+            if stamp is not None and stamp[1] - float(record.get(stamp[0]) or 0) >= stamp[2]:
+                record[stamp[0]], stamped = repr(stamp[1]), True
             cache.set(key, record, RECORD_SECONDS)
-            return [record.get(name) for name in read]
+            return values, stamped
 
     def replace(self, key: str, *, version: str, put: dict[str, str], drop: list[str]) -> bool:
         with self._lock:
@@ -351,12 +370,18 @@ def _observe(
         prune |= {"bt": minute - BREAKER_MINUTES, "bx": minute - BREAKER_MINUTES}
         prune |= {"ht": hour - 24, "hf": hour - 24, "ql": five - 12}
     window = _window_fields(minute)
-    read = ["ver", "state", "until", "trips", "failing", "pub", *window]
-    store, key = _store(), _key(destination.pk)
-    values = store.update(key, incr=incr, put=put, put_new=put_new, prune=prune, read=read)
+    read = ["ver", "state", "until", "trips", "failing", *window]
+    values, publish = _store().update(
+        _key(destination.pk),
+        incr=incr,
+        put=put,
+        put_new=put_new,
+        prune=prune,
+        read=read,
+        stamp=("pub", at, PUBLISH_SECONDS),  # destinationUpdates' figures, once a second
+    )
     record = dict(zip(read, values, strict=True))
-    if at - float(record["pub"] or 0) >= PUBLISH_SECONDS:  # destinationUpdates' figures
-        store.update(key, incr={}, put={"pub": stamp}, put_new={}, prune={}, read=[])
+    if publish:
         live.publish_destination(destination.account_id, destination.pk)
     gone = any(outcome.status_code == 410 for outcome in outcomes)
     if gone:
@@ -536,7 +561,7 @@ def admit(destination_id: int, *, now: datetime | None = None) -> Admission:
     if not settings.DESTINATION_HEALTH:
         return GO
     try:
-        (state, until, pause) = _store().update(
+        (state, until, pause), _ = _store().update(
             _key(destination_id),
             incr={},
             put={},

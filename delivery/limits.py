@@ -66,14 +66,24 @@ _local_lock = threading.Lock()  # embedded mode: one process, its local-memory c
 _scripts: dict[int, Any] = {}
 
 
-def reserve(destination_id: int, rate: float, wanted: int, horizon: float) -> Grant:
+def reserve(
+    destination_id: int,
+    rate: float,
+    wanted: int,
+    horizon: float,
+    *,
+    renew: tuple[str, int] | None = None,
+) -> Grant:
     """Reserve up to `wanted` of the destination's next request slots at `rate` per second,
-    those due within `horizon` seconds. Without Redis, every slot is granted at the rate from
-    now (the lane alone keeps the rate)."""
+    those due within `horizon` seconds; `renew` (a cache key and seconds, the lane's slot) has
+    its timeout renewed in the same round trip. Without Redis, every slot is granted at the
+    rate from now (the lane alone keeps the rate)."""
     spacing = 1.0 / rate
     key = f"rate:{destination_id}"
     client = redis_client(cache)
     if client is None:
+        if renew is not None:
+            cache.touch(*renew)
         with _local_lock:
             now = time.time()
             base = max(cache.get(key, 0.0), now - spacing)
@@ -88,7 +98,11 @@ def reserve(destination_id: int, rate: float, wanted: int, horizon: float) -> Gr
     if script is None:
         script = _scripts[id(client)] = client.register_script(_RESERVE_LUA)
     try:
-        granted, first = script(keys=[cache.make_key(key)], args=[spacing, wanted, horizon])
+        pipe = client.pipeline(transaction=False)
+        if renew is not None:
+            pipe.expire(cache.make_key(renew[0]), renew[1])
+        script(keys=[cache.make_key(key)], args=[spacing, wanted, horizon], client=pipe)
+        granted, first = pipe.execute()[-1]
     except RedisError:  # no shared count: this lane keeps the rate on its own
         logger.warning("Destination %s: rate slots not reserved (Redis)", destination_id)
         return Grant(wanted, 0.0, spacing)

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from delivery import engine, health, limits, policy
@@ -72,6 +73,18 @@ def test_reserve_grants_the_slots_within_the_horizon(account: Account, sink: Sin
     assert refused.count == 0
     assert 0.25 < refused.first <= 0.3
     assert limits.reserve(destination.pk, 10.0, 1, 0.25).count == 0
+
+
+def test_a_reservation_renews_the_lane_slot_in_its_round_trip(account: Account, sink: Sink) -> None:
+    destination = sink_destination(account, sink)
+    slot = policy.lane_slot_key(destination.pk, 0)
+    cache.set(slot, 1, timeout=1)
+
+    grant = limits.reserve(destination.pk, 10.0, 2, 0.25, renew=(slot, 60))
+
+    assert grant.count == 2
+    time.sleep(1.2)
+    assert cache.get(slot) == 1  # renewed: it would have expired after 1 s
 
 
 def test_a_slow_rate_gives_the_thread_back_until_the_next_slot(
