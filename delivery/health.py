@@ -481,11 +481,14 @@ def _reopen(
     return Verdict.STOP
 
 
+# A closed breaker's fields (with the window's counts dropped: they are what opened it, so a
+# closed breaker starts counting afresh).
+_CLOSED = {"state": "closed", "trips": "0", "until": "", "opened_at": ""}
+
+
 def _close(destination: Destination, version: str, minute: int) -> bool:
-    # The window's failures are what opened it: a closed breaker starts counting afresh.
     window = _breaker_fields(minute)
-    put = {"state": "closed", "trips": "0", "until": "", "opened_at": ""}
-    if not _store().replace(_key(destination.pk), version=version, put=put, drop=window):
+    if not _store().replace(_key(destination.pk), version=version, put=_CLOSED, drop=window):
         return False
     notice(destination, NoticeKind.BREAKER_CLOSED, "A probe delivery succeeded.")
     return True
@@ -518,8 +521,7 @@ def reset(destination_id: int) -> None:
     key = _key(destination_id)
     for _ in range(5):
         (record,) = store.read([key])
-        put = {"state": "closed", "trips": "0", "until": "", "opened_at": "", "failing": ""}
-        put["streak"] = "0"
+        put = {**_CLOSED, "failing": "", "streak": "0"}
         minute = int(timezone.now().timestamp() // 60)
         window = _breaker_fields(minute)
         if store.replace(key, version=record.get("ver", ""), put=put, drop=window):
@@ -654,11 +656,10 @@ def figures(destinations: Sequence[Destination], *, now: datetime | None = None)
         if d.account_id in defaults:  # what policy.max_in_flight reads
             d.account_max_in_flight = defaults[d.account_id]  # type: ignore[attr-defined]
     slots = {
-        (d.pk, slot): policy.lane_slot_key(d.pk, slot)
+        d.pk: [policy.lane_slot_key(d.pk, s) for s in range(policy.max_in_flight(d))]
         for d in destinations
-        for slot in range(policy.max_in_flight(d))
     }
-    held = cache.get_many(list(slots.values()))
+    held = cache.get_many([key for keys in slots.values() for key in keys])
     waiting = _waiting([d.pk for d in destinations])
     last_hour = range(minute - 59, minute + 1)
     result = []
@@ -697,10 +698,7 @@ def figures(destinations: Sequence[Destination], *, now: datetime | None = None)
                 last_failure_at=_moment(record.get("fail_at")),
                 last_error=record.get("error", ""),
                 consecutive_failures=streak,
-                in_flight=sum(
-                    held.get(slots[(destination.pk, s)]) is not None
-                    for s in range(policy.max_in_flight(destination))
-                ),
+                in_flight=sum(held.get(key) is not None for key in slots[destination.pk]),
                 backlog=backlog,
                 next_attempt_at=until if is_open else first_due,
                 opened_at=_moment(record.get("opened_at")) if is_open else None,
