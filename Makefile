@@ -24,8 +24,15 @@ run: $(STAMP)
 prod: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(PY) deploy/prod.py
 
+# The npm packages of the README's JavaScript example (tests/live/test_js_client.py), when npm
+# is there; without them that test is skipped (.ci/run installs Node and requires them).
+JS_MODULES := tests/js/node_modules/.package-lock.json
+
+$(JS_MODULES): tests/js/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/js --no-audit --no-fund --silent; fi
+
 ## test: run the whole suite (embedded defaults, or PostgreSQL + Redis when DATABASE_URL/REDIS_URL are set)
-test: $(STAMP)
+test: $(STAMP) $(JS_MODULES)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-fast: the suite without the slow end-to-end tests

@@ -8,6 +8,8 @@ capacity), so clients catch up from the database after a reconnect.
 """
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import copy
 import logging
@@ -20,7 +22,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -31,7 +33,7 @@ from django.db.models import Q
 
 from delivery.models import DeliveryLog, Event, Notice
 from delivery.selectors import LogFilters, apply_log_filters, log_matches
-from identity.errors import NotFound, Unauthenticated
+from identity.errors import ErrorCode, NotFound, Unauthenticated, invalid
 from identity.ids import parse_pk
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,41 @@ def group_name(account_id: object) -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+# --- Where a change stands: (updated_at, id), the order of the catch-up ---------------------
+
+Position = tuple[datetime, int]
+# After every log changed at a moment: `since` is exclusive, so (since, AFTER_ALL) skips the
+# logs changed exactly then (ids are positive 64-bit integers).
+AFTER_ALL = 2**63 - 1
+
+
+def cursor(updated_at: datetime, log_id: int) -> str:
+    """DeliveryLog.cursor: an opaque text of the change's position in the catch-up order."""
+    raw = f"{updated_at.astimezone(UTC).isoformat()}|{log_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def parse_cursor(text: str) -> Position:
+    """The position a `cursor()` text names; a ValidationError (invalid_cursor) otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        moment, _, log_id = raw.partition("|")
+        at = datetime.fromisoformat(moment)
+        if at.tzinfo is None or not 0 < int(log_id) <= AFTER_ALL:
+            raise ValueError(raw)
+        return at, int(log_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise invalid(
+            ErrorCode.INVALID_CURSOR,
+            "`after` is not a cursor: pass a DeliveryLog.cursor as you received it.",
+        ) from error
+
+
+def _position(update: dict[str, Any]) -> Position | None:
+    at = update.get("updated_at")
+    return None if at is None else (datetime.fromisoformat(at), update["log_id"])
 
 
 def log_message(log: DeliveryLog) -> dict[str, Any]:
@@ -306,9 +343,7 @@ async def _load_shared(updates: list[dict[str, Any]]) -> dict[int, DeliveryLog]:
     return rows
 
 
-def _catch_up_chunk(
-    accounts: set[str], filters: LogFilters, after: tuple[datetime, int]
-) -> list[DeliveryLog]:
+def _catch_up_chunk(accounts: set[str], filters: LogFilters, after: Position) -> list[DeliveryLog]:
     logs = (
         DeliveryLog.objects.select_related("event", "destination", "account")
         .prefetch_related("attempts")
@@ -451,7 +486,7 @@ class DestinationChange:
     notice: Notice | None  # None: the health figures moved
 
 
-def _notices_after(accounts: set[str], after: tuple[datetime, int]) -> list[Notice]:
+def _notices_after(accounts: set[str], after: Position) -> list[Notice]:
     notices = Notice.objects.filter(account_id__in=accounts).filter(
         Q(at__gt=after[0]) | Q(at=after[0], pk__gt=after[1])
     )
@@ -463,7 +498,8 @@ async def destination_stream(
 ) -> AsyncIterator[DestinationChange]:
     """Every health change of the destinations of the accounts `access` allows: each notice
     (breaker opened or closed, disabled, re-enabled) and, at most once a second per
-    destination, its figures. With `since`, first every notice recorded after `since`, then
+    destination, its figures. With `since`, first every notice recorded after `since` (not at
+    it), then
     live changes, with no gap or duplicate at the seam (the groups are joined first). Access
     is re-checked as in `log_stream`. Changes of one destination that arrive together without
     a notice come as one."""
@@ -472,12 +508,12 @@ async def destination_stream(
     groups = [destination_group(a) for a in sorted(allowed.ids)]
     async with listen(DESTINATION_MESSAGE, groups=groups) as messages:
         if since is not None:
-            cursor = (since, 0)
-            while chunk := await sync_to_async(_notices_after)(allowed.ids, cursor):
+            position = (since, AFTER_ALL)
+            while chunk := await sync_to_async(_notices_after)(allowed.ids, position):
                 for notice in chunk:
                     shown.add(notice.pk)
                     yield DestinationChange(notice.destination_id, notice)
-                cursor = (chunk[-1].at, chunk[-1].pk)
+                position = (chunk[-1].at, chunk[-1].pk)
                 if not await allowed.recheck():
                     return
         async with contextlib.aclosing(_batches(messages, recheck_interval())) as batches:
@@ -506,6 +542,7 @@ async def log_stream(
     filters: LogFilters,
     since: datetime | None,
     listen: ListenFactory,
+    after: Position | None = None,
     own_fields: bool = False,
     event_ids: bool = False,
 ) -> AsyncIterator[DeliveryLog]:
@@ -514,9 +551,11 @@ async def log_stream(
     are the `logs` query's (selectors.apply_log_filters / log_matches): a malformed id matches
     nothing.
 
-    With `since`, first the current state of every matching log changed after `since`, then
-    live changes; the groups are joined before the database is read, and a live change older
-    than or equal to what the catch-up already showed is dropped, so there is no gap and no
+    With `since` (a time) or `after` (a change's position, parse_cursor), first the current
+    state of every matching log changed after it (strictly: not the log changed at `since`,
+    nor the one at `after`), in (updated_at, id) order, then live changes; the groups are
+    joined before the database is read, and a live change at or before the start, or older
+    than or equal to what the catch-up already showed, is dropped, so there is no gap and no
     duplicate at the seam.
 
     With `own_fields` (the caller reads nothing of a row but the log's own fields, and the
@@ -537,15 +576,24 @@ async def log_stream(
             and ("event" in update or not (event_ids or filters.event_id is not None))
         )
 
+    def seen(update: dict[str, Any]) -> bool:
+        """Whether the client has this change already (the catch-up, or before its start)."""
+        if (position := _position(update)) is None:
+            return False
+        if start is not None and position <= start:
+            return True
+        return update["log_id"] in shown and position[0] <= shown[update["log_id"]]
+
+    start = after if after is not None else None if since is None else (since, AFTER_ALL)
     shown: dict[int, datetime] = {}
     async with listen(MESSAGE_TYPE, groups=[group_name(a) for a in sorted(accounts)]) as messages:
-        if since is not None:
-            cursor = (since, 0)
-            while chunk := await sync_to_async(_catch_up_chunk)(accounts, filters, cursor):
+        if start is not None:
+            position = start
+            while chunk := await sync_to_async(_catch_up_chunk)(accounts, filters, position):
                 for log in chunk:
                     shown[log.pk] = log.updated_at
                     yield log
-                cursor = (chunk[-1].updated_at, chunk[-1].pk)
+                position = (chunk[-1].updated_at, chunk[-1].pk)
                 if not await recheck():
                     return
         async with contextlib.aclosing(_batches(messages, recheck_interval())) as batches:
@@ -556,13 +604,7 @@ async def log_stream(
                     u
                     for message in batch
                     for u in message["updates"]
-                    if u["account_id"] in accounts
-                    and _may_match(u, filters)
-                    and not (
-                        u["log_id"] in shown
-                        and u["updated_at"] is not None
-                        and datetime.fromisoformat(u["updated_at"]) <= shown[u["log_id"]]
-                    )
+                    if u["account_id"] in accounts and _may_match(u, filters) and not seen(u)
                 ]
                 if not updates:
                     continue

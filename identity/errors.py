@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     INVALID_INVITATION = "invalid_invitation"
     INVALID_VERIFICATION = "invalid_verification"
     OPERATION_NOT_ALLOWED = "operation_not_allowed"  # a query or mutation over the WebSocket
+    INVALID_CURSOR = "invalid_cursor"  # logUpdates(after:) that is no DeliveryLog.cursor
 
 
 class NotFound(ObjectDoesNotExist):

@@ -3,7 +3,8 @@ WebSocket /graphql/ to the GraphQL subscription consumer.
 
 Importing this module also installs the daphne guard (project/body_guard.py): daphne imports the
 application before it builds its server, so `daphne project.asgi:application` and
-`manage.py serve` both refuse over-large or unwanted bodies on headers, in the reactor."""
+`manage.py serve` both refuse over-large or unwanted bodies on headers, in the reactor; and
+daphne is made to send WebSocket close reasons (project/close_reasons.py)."""
 
 import os
 from typing import Any
@@ -18,6 +19,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from project.body_guard import BodyGuard, install_daphne_guard  # noqa: E402
+from project.close_reasons import install_close_reasons  # noqa: E402
 from schema import schema  # noqa: E402
 from schema.consumers import LiveConsumer  # noqa: E402
 
@@ -28,6 +30,7 @@ if settings.DEBUG:
     http_app = ASGIStaticFilesHandler(django_asgi)
 http_app = BodyGuard(http_app)
 install_daphne_guard()
+install_close_reasons()
 
 application = ProtocolTypeRouter(
     {

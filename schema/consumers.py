@@ -21,7 +21,6 @@ from django.core.cache import cache
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from strawberry.channels import GraphQLWSConsumer
 from strawberry.channels.handlers.ws_handler import ChannelsWebSocketAdapter
-from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -44,6 +43,10 @@ NOT_A_SUBSCRIPTION = (
     "Only subscriptions are served over the WebSocket; send queries and mutations to "
     "POST /graphql/."
 )
+# A token that is not valid at connection_init: 4401, which graphql-ws and Apollo Client treat
+# as fatal (they do not retry the same token). One that stops being valid on an open socket:
+# 4403, which they retry (a client whose connectionParams fetch a fresh token gets back in).
+TOKEN_REFUSED = (4401, "Invalid, expired or revoked token")
 TOKEN_INVALID = (4403, "Token revoked or expired")
 TOO_MANY = (4429, "Too many open connections")
 TOO_DEEP = (4400, "WebSocket message nested too deeply")
@@ -183,10 +186,11 @@ def _payload_token(params: object) -> str | None:
 class LiveConsumer(GraphQLWSConsumer):
     """Authenticates from `connection_init` {"authToken": "<token>"} or {"Authorization":
     "Bearer <token>"} (also under "headers"), or an `Authorization: Bearer` header on the
-    upgrade request; a bad, expired or revoked token closes the socket
-    with 4403 (Forbidden), and so does the watchdog once it stops being valid ("Token revoked
-    or expired"). More than WS_MAX_CONNECTIONS_PER_USER open sockets of a user: 4429. Browser
-    origins other than the server's own must be listed in WS_ALLOWED_ORIGINS."""
+    upgrade request; a bad, expired or revoked token closes the socket with 4401 ("Invalid,
+    expired or revoked token": clients do not retry it), and the watchdog closes it with 4403
+    ("Token revoked or expired") once it stops being valid. More than
+    WS_MAX_CONNECTIONS_PER_USER open sockets of a user: 4429. Browser origins other than the
+    server's own must be listed in WS_ALLOWED_ORIGINS."""
 
     graphql_transport_ws_handler_class = _Handler
     websocket_adapter_class = _Adapter
@@ -204,8 +208,16 @@ class LiveConsumer(GraphQLWSConsumer):
         )
 
     async def connect(self) -> None:
-        if GRAPHQL_TRANSPORT_WS_PROTOCOL not in self.scope.get("subprotocols", []):
-            await self.close()  # before accept: the handshake is refused (HTTP 403)
+        offered = self.scope.get("subprotocols", [])
+        if GRAPHQL_TRANSPORT_WS_PROTOCOL not in offered:
+            # Before accept: the handshake is refused (HTTP 403), which cannot carry a reason.
+            logger.warning(
+                "WebSocket refused: subprotocols %s offered; only %s is served (the legacy "
+                "graphql-ws protocol of subscriptions-transport-ws is not)",
+                offered or "none",
+                GRAPHQL_TRANSPORT_WS_PROTOCOL,
+            )
+            await self.close()
             return
         await super().connect()
 
@@ -225,7 +237,7 @@ class LiveConsumer(GraphQLWSConsumer):
             raw = token_from_header(headers.get(b"authorization", b"").decode("latin1"))
         user = await socket_user(raw)
         if user is None:
-            raise ConnectionRejectionError()
+            raise SocketRejected(*TOKEN_REFUSED)
         owner = uuid.uuid4().hex
         slot = await sync_to_async(slot_acquire)(user.pk, owner)
         if slot is None:

@@ -18,7 +18,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 from strawberry_django.resolvers import django_resolver
 
-from delivery import health, models, selectors
+from delivery import health, live, models, selectors
 from delivery.live import recheck_interval
 from identity.models import User
 from identity.permissions import Action, account_ids
@@ -278,9 +278,22 @@ class DeliveryLog:
         description="HTTP status of the latest try; null before the first or without response."
     )
     last_error: str
+    updated_at: datetime = strawberry_django.field(
+        description="When the log last changed (status, try count, next try): with `id`, the "
+        "order in which logUpdates replays changes after a reconnect."
+    )
     attempts: list[DeliveryAttempt] = strawberry_django.field(
         description="Every HTTP try, in order."
     )
+
+    @strawberry_django.field(
+        only=["updated_at"],
+        description="This change's place in logUpdates' order (opaque): keep the last one you "
+        "received and pass it as logUpdates(after:) when you subscribe again, to get every "
+        "change after it, none twice.",
+    )
+    def cursor(self, root: models.DeliveryLog) -> str:
+        return live.cursor(root.updated_at, root.pk)
 
     @strawberry_django.field(
         only=["event__event_id"],

@@ -1,7 +1,7 @@
 """Live delivery status."""
 
 from collections.abc import AsyncGenerator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
@@ -10,7 +10,7 @@ from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
 from delivery import live, models, selectors
-from identity.errors import Unauthenticated
+from identity.errors import ErrorCode, Unauthenticated, invalid
 from identity.models import User
 from identity.permissions import Action
 from schema import context
@@ -88,8 +88,10 @@ class Subscription:
     @strawberry.subscription(
         description="Every status change (queued, sending, retrying, success, failed) of the "
         "delivery logs of `accountId` (default: all your accounts), for members of the account "
-        "(any role). With `since`, first the current state of every matching log changed after "
-        "that time, then live changes, with no gap or duplicate at the seam. Over the WebSocket "
+        "(any role). With `after` (the `cursor` of the last change you received) or `since` (a "
+        "time), first the current state of every matching log changed after it (strictly "
+        "after: not the change at `after`, nor one exactly at `since`), in (updatedAt, id) "
+        "order, then live changes, with no gap or duplicate at the seam. Over the WebSocket "
         "(`graphql-transport-ws`), token in the connection_init payload: {authToken} or "
         '{Authorization: "Bearer <token>"}; only '
         "subscriptions are served there (queries and mutations: operation_not_allowed). Access "
@@ -103,9 +105,13 @@ class Subscription:
         account_id: strawberry.ID | None = None,
         filters: LogUpdateFilter | None = None,
         since: datetime | None = None,
+        after: str | None = None,
     ) -> AsyncGenerator[DeliveryLog, None]:
         ws = info.context["ws"]
         f = filters or LogUpdateFilter()
+        if after is not None and since is not None:
+            raise invalid(ErrorCode.INVALID, "Pass `after` or `since`, not both.")
+        position = None if after is None else live.parse_cursor(after)
         stream = live.log_stream(
             access=_access_check(info, account_id, Action.LOG_VIEW),
             filters=selectors.LogFilters(
@@ -113,7 +119,8 @@ class Subscription:
                 statuses=[_status_value(s) for s in f.status] if f.status else None,
                 event_id=f.event_id,
             ),
-            since=since,
+            since=_aware(since),
+            after=position,
             listen=ws.listen_to_channel,
             own_fields=(selected := _selected_fields(info)) is not None and selected <= _OWN_FIELDS,
             event_ids=selected is not None and "eventId" in selected,
@@ -126,8 +133,8 @@ class Subscription:
         "your accounts), for members of the account (any role): each notice as it is recorded "
         "(breaker opened or closed, disabled, re-enabled) and, at most once a second per "
         "destination, its moving figures. With `since`, first every notice recorded after "
-        "that time, then live changes, with no gap or duplicate at the seam. Same socket, "
-        "authentication and re-checks as logUpdates."
+        "that time (strictly after), then live changes, with no gap or duplicate at the "
+        "seam. Same socket, authentication and re-checks as logUpdates."
     )
     async def destination_updates(
         self,
@@ -137,7 +144,7 @@ class Subscription:
     ) -> AsyncGenerator[DestinationUpdate, None]:
         stream = live.destination_stream(
             access=_access_check(info, account_id, Action.DESTINATION_VIEW),
-            since=since,
+            since=_aware(since),
             listen=info.context["ws"].listen_to_channel,
         )
         async for change in stream:
@@ -162,8 +169,15 @@ _OWN_FIELDS = frozenset(
         "lastStatusCode",
         "lastError",
         "eventId",
+        "updatedAt",
+        "cursor",
     )
 )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A DateTime argument without a UTC offset is taken as UTC (as the API writes them)."""
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _selected_fields(info: Info) -> set[str] | None:

@@ -8,12 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from delivery.live import group_name
+from delivery.models import Destination
+from delivery.transport import new_signing_secret
+from identity.auth import token_issue
 from project.asgi import application
+from tests.factories import make_account, make_user
+from tests.sink import Sink
 
 PROTOCOL = "graphql-transport-ws"
 
@@ -119,3 +125,30 @@ async def _close_thread_connections() -> Any:
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def tenant(sink: Sink) -> dict[str, Any]:
+    """An account with a GET and a POST destination on the sink, its app secret, and a token
+    of its admin."""
+    user = make_user()
+    account, secret = make_account(admin=user)
+    for method in ("GET", "POST"):
+        Destination.objects.create(
+            account=account,
+            url=f"{sink.url}/{method.lower()}",
+            http_method=method,
+            signing_secret=new_signing_secret(),
+        )
+    return {"account_id": str(account.pk), "secret": secret, "token": token_issue(user=user)}
+
+
+def post_event(server_url: str, secret: str, event_id: str) -> None:
+    """POST an event to a server process's incoming_data; it must be accepted."""
+    response = requests.post(
+        f"{server_url}/server/incoming_data/",
+        json={"order": event_id},
+        headers={"CL-X-TOKEN": secret, "CL-X-EVENT-ID": event_id},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text

@@ -8,16 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
-import requests
 from django.conf import settings
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
-from delivery.models import DeliveryLog, Destination
-from delivery.transport import new_signing_secret
-from identity.auth import token_issue
-from tests.factories import make_account, make_user
-from tests.live.conftest import wait_subscribed
+from delivery.models import DeliveryLog
+from tests.live.conftest import post_event, wait_subscribed
 from tests.processes import Processes
 from tests.sink import Sink
 
@@ -66,30 +62,6 @@ async def log_ids(event_id: str) -> set[str]:
             "pk", flat=True
         )
     }
-
-
-@pytest.fixture
-def tenant(sink: Sink) -> dict[str, Any]:
-    user = make_user()
-    account, secret = make_account(admin=user)
-    for method in ("GET", "POST"):
-        Destination.objects.create(
-            account=account,
-            url=f"{sink.url}/{method.lower()}",
-            http_method=method,
-            signing_secret=new_signing_secret(),
-        )
-    return {"account_id": str(account.pk), "secret": secret, "token": token_issue(user=user)}
-
-
-def post_event(server_url: str, secret: str, event_id: str) -> None:
-    response = requests.post(
-        f"{server_url}/server/incoming_data/",
-        json={"order": event_id},
-        headers={"CL-X-TOKEN": secret, "CL-X-EVENT-ID": event_id},
-        timeout=10,
-    )
-    assert response.status_code == 202, response.text
 
 
 @needs_redis

@@ -1,6 +1,7 @@
 """logUpdates through the real ASGI application (channels' communicator) with the configured
 channel layer: in-memory on embedded defaults, Redis in the services run."""
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from delivery.models import DeliveryLog, Destination
 from identity.models import Membership
 from tests.conftest import Persona
 from tests.live.conftest import connect, wait_subscribed
+from tests.live.conftest import subscribers as live_subscribers
 from tests.sink import Sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,23 +62,29 @@ async def test_valid_token_in_connection_init_is_acknowledged(admin: Persona) ->
 
 
 @pytest.mark.parametrize("token", [None, "", "dpu_not-a-real-token"])
-async def test_bad_token_closes_with_4403(db: None, token: str | None) -> None:
+async def test_bad_token_closes_with_4401_which_clients_do_not_retry(
+    db: None, token: str | None
+) -> None:
     client, connected, _ = await connect()
     assert connected
     await client.send({"type": "connection_init", "payload": {"authToken": token}})
     closed = await client.communicator.receive_output(timeout=5)
-    assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    assert closed == {
+        "type": "websocket.close",
+        "code": 4401,
+        "reason": "Invalid, expired or revoked token",
+    }
     await client.close()
 
 
-async def test_expired_token_closes_with_4403(admin: Persona) -> None:
+async def test_expired_token_closes_with_4401(admin: Persona) -> None:
     from identity.models import AuthToken
 
     await AuthToken.objects.filter(user=admin.user).aupdate(expires_at=timezone.now())
     client, _, _ = await connect()
     await client.send({"type": "connection_init", "payload": {"authToken": admin.token}})
     closed = await client.communicator.receive_output(timeout=5)
-    assert closed["code"] == 4403
+    assert closed["code"] == 4401
     await client.close()
 
 
@@ -113,19 +121,30 @@ async def test_authorization_header_in_connection_init_authenticates(
         {"headers": {"Authorization": 17}},
     ],
 )
-async def test_bad_authorization_in_connection_init_closes_with_4403(
+async def test_bad_authorization_in_connection_init_closes_with_4401(
     db: None, payload: dict[str, Any]
 ) -> None:
     client, _, _ = await connect()
     await client.send({"type": "connection_init", "payload": payload})
     closed = await client.communicator.receive_output(timeout=5)
-    assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    assert closed == {
+        "type": "websocket.close",
+        "code": 4401,
+        "reason": "Invalid, expired or revoked token",
+    }
     await client.close()
 
 
-async def test_legacy_graphql_ws_subprotocol_is_refused(db: None) -> None:
-    _, connected, _ = await connect(protocol="graphql-ws")
+async def test_legacy_graphql_ws_subprotocol_is_refused_and_logged(
+    db: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="schema.consumers"):
+        _, connected, _ = await connect(protocol="graphql-ws")
     assert not connected
+    assert [r.getMessage() for r in caplog.records if r.name == "schema.consumers"] == [
+        "WebSocket refused: subprotocols ['graphql-ws'] offered; only graphql-transport-ws is "
+        "served (the legacy graphql-ws protocol of subscriptions-transport-ws is not)"
+    ]
 
 
 async def test_member_receives_queued_sending_success_per_log_in_order(
@@ -354,3 +373,132 @@ async def test_a_selection_beyond_the_messages_reads_the_rows(
     assert sorted({pk for load in loads for pk in load}) == log_ids
     success = [u for u in updates if u["status"] == "SUCCESS"]
     assert [u["attempts"] for u in success] == [[{"number": 1, "statusCode": 200}]] * 2
+
+
+RESUME = """
+subscription ($since: DateTime, $after: String) {
+  logUpdates(since: $since, after: $after) { id status updatedAt cursor }
+}"""
+
+
+async def _logs_at(destinations: list[Destination], *moments: Any) -> list[DeliveryLog]:
+    """One delivered event per moment (two logs each); the first log of each is then set to
+    have changed at that moment, the second a minute after the last moment."""
+    logs = []
+    for moment in moments:
+        await sync_to_async(ingest)(destinations[0].account_id)
+        first, second = [log async for log in DeliveryLog.objects.order_by("-id")[:2]][::-1]
+        await DeliveryLog.objects.filter(pk=first.pk).aupdate(updated_at=moment)
+        await DeliveryLog.objects.filter(pk=second.pk).aupdate(
+            updated_at=max(moments) + timedelta(minutes=1)
+        )
+        logs += [first, second]
+    return [await DeliveryLog.objects.aget(pk=log.pk) for log in logs]
+
+
+async def replayed(client: Any, count: int) -> list[dict[str, Any]]:
+    return [(await client.next_data())["logUpdates"] for _ in range(count)]
+
+
+async def test_since_is_exclusive_and_replays_in_updated_at_order(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    t = timezone.now() - timedelta(hours=1)
+    _, a2, b1, b2 = await _logs_at(destinations, t, t + timedelta(seconds=1))
+
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(RESUME, {"since": t.isoformat()})  # a1 changed exactly then
+
+    got = await replayed(client, 3)
+    assert [u["id"] for u in got] == [str(b1.pk), str(a2.pk), str(b2.pk)]
+    assert [u["updatedAt"] for u in got] == [log.updated_at.isoformat() for log in (b1, a2, b2)]
+    assert [u["cursor"] for u in got] == [
+        live.cursor(log.updated_at, log.pk) for log in (b1, a2, b2)
+    ]
+    assert await client.nothing_pending()
+
+
+async def test_after_a_cursor_resumes_with_the_next_change_even_at_the_same_moment(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    t = timezone.now() - timedelta(hours=1)
+    a1, a2, b1, b2 = await _logs_at(destinations, t, t)
+    # a2 and b2 changed at the same moment too: only the id orders them.
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(RESUME, {"since": (t - timedelta(seconds=1)).isoformat()})
+    everything = await replayed(client, 4)
+    assert [u["id"] for u in everything] == [str(a1.pk), str(b1.pk), str(a2.pk), str(b2.pk)]
+    await client.close()
+
+    for seen in range(4):
+        client = await ws_clients()
+        await client.init(admin.token)
+        await client.subscribe(RESUME, {"after": everything[seen]["cursor"]})
+        rest = await replayed(client, 3 - seen)
+        assert rest == everything[seen + 1 :]
+        assert await client.nothing_pending()
+        await client.close()
+
+
+async def test_live_changes_carry_the_cursor_a_catch_up_would_give(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(RESUME)
+    await wait_subscribed(destinations[0].account_id)
+    await sync_to_async(ingest)(destinations[0].account_id)
+
+    finals: dict[str, Any] = {}
+    while len(finals) < 2:  # each log's changes up to its success
+        change = (await client.next_data())["logUpdates"]
+        if change["status"] == "SUCCESS":
+            finals[change["id"]] = change
+    stored = {str(log.pk): log async for log in DeliveryLog.objects.all()}
+    assert finals == {
+        pk: {
+            "id": pk,
+            "status": "SUCCESS",
+            "updatedAt": log.updated_at.isoformat(),
+            "cursor": live.cursor(log.updated_at, log.pk),
+        }
+        for pk, log in stored.items()
+    }
+
+
+NOT_A_CURSOR = "`after` is not a cursor: pass a DeliveryLog.cursor as you received it."
+
+
+@pytest.mark.parametrize(
+    ("variables", "code", "text"),
+    [
+        ({"after": "not-a-cursor"}, "invalid_cursor", NOT_A_CURSOR),
+        ({"after": live.cursor(timezone.now(), 1)[:-3]}, "invalid_cursor", NOT_A_CURSOR),
+        (
+            {"after": live.cursor(timezone.now(), 1), "since": "2026-01-01T00:00:00+00:00"},
+            "invalid",
+            "Pass `after` or `since`, not both.",
+        ),
+    ],
+)
+async def test_a_bad_resume_point_is_refused_with_its_code(
+    ws_clients: Any,
+    admin: Persona,
+    destinations: list[Destination],
+    variables: Any,
+    code: str,
+    text: str,
+) -> None:
+    client = await ws_clients()
+    await client.init(admin.token)
+    op_id = await client.subscribe(RESUME, variables)
+
+    assert await client.receive() == {
+        "id": op_id,
+        "type": "next",
+        "payload": {"data": None, "errors": [{"message": text, "extensions": {"code": code}}]},
+    }
+    assert await client.receive() == {"id": op_id, "type": "complete"}
+    assert await live_subscribers(destinations[0].account_id) == 0

@@ -105,8 +105,8 @@ async def test_anonymous_never_gets_past_connection_init(
     await client.send({"type": "connection_init", "payload": {"authToken": None}})
     assert await client.communicator.receive_output(timeout=5) == {
         "type": "websocket.close",
-        "code": 4403,
-        "reason": "Forbidden",
+        "code": 4401,
+        "reason": "Invalid, expired or revoked token",
     }
     await client.close()
     assert await sync_to_async(db_rows)() == before
@@ -178,8 +178,8 @@ async def test_log_updates_role_matrix_in_every_state(
             await client.send({"type": "connection_init", "payload": {"authToken": None}})
             assert await client.communicator.receive_output(timeout=5) == {
                 "type": "websocket.close",
-                "code": 4403,
-                "reason": "Forbidden",
+                "code": 4401,
+                "reason": "Invalid, expired or revoked token",
             }
             return
         assert await client.init(personas[persona].token) == {"type": "connection_ack"}
