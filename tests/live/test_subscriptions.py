@@ -173,6 +173,41 @@ async def test_member_receives_queued_sending_success_per_log_in_order(
     assert len(sink.received()) == 2
 
 
+async def test_ending_one_subscription_leaves_the_others_on_the_socket_running(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    # strawberry-django #942: completing one subscription could silently stop the others on
+    # the same socket. Three on one socket (one channel: the group counts it once); the middle
+    # one ends; the other two go on.
+    account_id = str(destinations[0].account_id)
+    client = await ws_clients()
+    await client.init(admin.token)
+    ids = [await client.subscribe(SUBSCRIPTION, {"accountId": account_id}) for _ in range(3)]
+    await wait_subscribed(account_id)
+
+    async def statuses(count: int) -> dict[str, list[str]]:
+        """The statuses the next `count` messages carried, per subscription."""
+        received: dict[str, list[str]] = {}
+        for _ in range(count):
+            message = await client.receive()
+            assert message["type"] == "next", message
+            status = message["payload"]["data"]["logUpdates"]["status"]
+            received.setdefault(message["id"], []).append(status)
+        return {op: sorted(found) for op, found in sorted(received.items())}
+
+    each = sorted(["QUEUED", "SENDING", "SUCCESS"] * 2)  # two logs
+    await sync_to_async(ingest)(destinations[0].account_id, "before-complete")
+    assert await statuses(18) == dict.fromkeys(ids, each)
+
+    await client.send({"id": ids[1], "type": "complete"})
+    await client.send({"type": "ping"})  # handled after the complete, in order
+    assert await client.receive() == {"type": "pong"}
+    await sync_to_async(ingest)(destinations[0].account_id, "after-complete")
+
+    assert await statuses(12) == dict.fromkeys([ids[0], ids[2]], each)
+    assert await client.nothing_pending()
+
+
 async def test_outsider_cannot_subscribe_to_foreign_account_and_receives_nothing(
     ws_clients: Any, outsider: Persona, destinations: list[Destination]
 ) -> None:
