@@ -24,7 +24,7 @@ from schema import schema  # noqa: E402
 from schema.consumers import LiveConsumer  # noqa: E402
 
 http_app: Any = django_asgi
-if settings.DEBUG:
+if settings.SERVE_STATIC:  # else the proxy serves STATIC_ROOT (deploy/nginx.conf)
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     http_app = ASGIStaticFilesHandler(django_asgi)

@@ -343,7 +343,9 @@ GRAPHQL_MAX_DEPTH = 10
 GRAPHQL_MAX_ALIASES = 15
 GRAPHQL_MAX_TOKENS = 2000
 # Schema introspection (`__schema`, `__type`); off in production unless turned on.
-GRAPHQL_INTROSPECTION = env_bool("GRAPHQL_INTROSPECTION", DEBUG)
+# GraphiQL at /graphql/ (assets served by the app: project/static/vendor); it needs introspection.
+GRAPHIQL = env_bool("GRAPHIQL", DEBUG)
+GRAPHQL_INTROSPECTION = env_bool("GRAPHQL_INTROSPECTION", GRAPHIQL)
 STRAWBERRY_DJANGO = {
     "MUTATIONS_DEFAULT_HANDLE_ERRORS": True,
     "FIELD_DESCRIPTION_FROM_HELP_TEXT": True,
@@ -356,6 +358,9 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+# The ASGI app answers /static/ itself (from the apps' static folders); `manage.py serve` always
+# does. In the production topology nginx serves STATIC_ROOT (`collectstatic`) instead.
+SERVE_STATIC = env_bool("SERVE_STATIC", DEBUG)
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 LOGGING = {

@@ -189,6 +189,15 @@ async def test_make_prod_serves_api_websocket_admin_and_delivers_through_nginx(
     admin = await asyncio.to_thread(requests.get, f"{base}/admin/login/", timeout=10)
     assert admin.status_code == 200
     assert "/static/admin/css/base.css" in admin.text
+    # The dashboard from gunicorn, its script from STATIC_ROOT through nginx.
+    page = await asyncio.to_thread(requests.get, f"{base}/", timeout=10)
+    assert page.status_code == 200
+    assert "/static/dashboard/dashboard.js" in page.text
+    script = await asyncio.to_thread(
+        requests.get, f"{base}/static/dashboard/dashboard.js", timeout=10
+    )
+    assert script.status_code == 200
+    assert "logUpdates" in script.text
 
     prod.terminate()
     assert await asyncio.to_thread(prod.popen.wait, 60) == 0

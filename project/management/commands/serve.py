@@ -14,6 +14,7 @@ from daphne.endpoints import build_endpoint_description_strings
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.management.base import BaseCommand, CommandParser
 from huey.contrib.djhuey import HUEY
 from twisted.internet import reactor
@@ -48,8 +49,9 @@ class Command(BaseCommand):
         base = f"http://{host}:{port}"
         self.stdout.write(
             f"Data Pusher on {base}\n"
+            f"  Dashboard        {base}/\n"
             f"  GraphQL API      {base}/graphql/"
-            + (" (GraphiQL in a browser)" if settings.DEBUG else "")
+            + (" (GraphiQL in a browser)" if settings.GRAPHIQL else "")
             + f"\n  GraphQL WS       ws://{host}:{port}/graphql/ (graphql-transport-ws)\n"
             f"  Incoming data    POST {base}/server/incoming_data/\n"
             f"  Queue consumer   {workers} threads on {type(HUEY).__name__}\n"
@@ -68,8 +70,11 @@ class Command(BaseCommand):
         # Refuse over-large and unwanted bodies on headers, in the reactor (project/body_guard.py;
         # importing project.asgi installs it too, this makes it independent of that import).
         install_daphne_guard()
+        application = get_default_application()
+        if not settings.SERVE_STATIC:  # the whole service: the dashboard's files included
+            application = ASGIStaticFilesHandler(application)
         server = Server(
-            application=get_default_application(),
+            application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             signal_handlers=False,  # ours: close sockets first, then stop
             ready_callable=install_signal_handlers,
