@@ -30,6 +30,8 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.db.models import Q
+from django.dispatch import receiver
+from django.test.signals import setting_changed
 
 from delivery.models import DeliveryLog, Event, Notice
 from delivery.selectors import LogFilters, apply_log_filters, log_matches
@@ -169,6 +171,7 @@ def publish(logs: Iterable[DeliveryLog], *, earlier: Iterable[dict[str, Any]] = 
 
 
 def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
+    message["group"] = group  # for the receiving hubs (_Hub), which share one channel
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -299,12 +302,162 @@ def _publisher_loop() -> asyncio.AbstractEventLoop:
 # --- Subscriber side ------------------------------------------------------------------------
 
 
+_recheck: float | None = None  # read once: every subscriber asks at every message
+
+
 def recheck_interval() -> float:
     """How often a live stream re-checks access, and how long a shared access answer may be
     reused: half of LIVE_RECHECK_SECONDS, so that a change behind a reused answer is still acted
     on within LIVE_RECHECK_SECONDS."""
-    interval: float = settings.LIVE_RECHECK_SECONDS / 2
-    return interval
+    global _recheck
+    if _recheck is None:
+        _recheck = settings.LIVE_RECHECK_SECONDS / 2
+    return _recheck
+
+
+@receiver(setting_changed)
+def _forget_recheck(*, setting: str, **kwargs: Any) -> None:
+    global _recheck
+    if setting == "LIVE_RECHECK_SECONDS":
+        _recheck = None
+
+
+GROUP_REFRESH_SECONDS = 60.0
+_STOP = "live.hub.stop"
+
+
+class _Hub:
+    """The live streams' side of the channel layer in one process (and event loop): one
+    channel that joins each group once, however many local streams listen to it, reads each
+    message once and puts that same message on the queue of every local stream of its group.
+    With a channel per socket, as strawberry's `listen_to_channel` does, one change to 1,000
+    subscribers in a process is 1,000 messages to write, read and decode; here it is one.
+
+    A queue is unbounded: a stream that falls behind gets all it missed in its next batch
+    (`_batches`), nothing is dropped in the process. A group is left when its last local stream
+    ends (the channel is dropped with the last one), and every group is joined again every
+    GROUP_REFRESH_SECONDS and after a failed read (the layer forgets members after its
+    group_expiry, and a restarted Redis forgets them all).
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel: str | None = None
+        self.queues: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self.lock = asyncio.Lock()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, type: str, *, groups: Collection[str]
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """The messages of `type` sent to `groups` from the moment this returns (the groups
+        are joined first), until the block ends."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        async with self.lock:
+            if self.channel is None:
+                # A process channel like the sockets' own: channels_redis reads all of a
+                # process's channels with one receive loop, keyed by the name's prefix.
+                self.channel = await self.layer.new_channel()
+                self.tasks = [
+                    asyncio.ensure_future(self._read(self.channel)),
+                    asyncio.ensure_future(self._refresh()),
+                ]
+            for group in groups:
+                if not self.queues[group]:
+                    await self.layer.group_add(group, self.channel)
+                self.queues[group].add(queue)
+        try:
+            yield self._messages(queue, type)
+        finally:
+            left = []
+            for group in groups:  # no await before the queue is out: safe under cancellation
+                members = self.queues.get(group)
+                if members is not None:
+                    members.discard(queue)
+                    if not members:
+                        del self.queues[group]
+                        left.append(group)
+            channel = self.channel
+            if not self.queues:  # the last local stream: stop reading until the next one
+                self.channel = None
+                self.tasks[1].cancel()
+            for group in left:
+                with contextlib.suppress(Exception):
+                    await self.layer.group_discard(group, channel)
+            if self.channel is None:
+                # Not a cancellation: channels_redis' receive does not always end on one.
+                with contextlib.suppress(Exception):
+                    await self.layer.send(channel, {"type": _STOP})
+
+    @staticmethod
+    async def _messages(
+        queue: asyncio.Queue[dict[str, Any]], type: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            message = await queue.get()
+            if message.get("type") == type:
+                yield message
+
+    async def _read(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the layer turned our cancellation into an error of its own
+                logger.warning("Live hub: reading the channel layer failed", exc_info=True)
+                await asyncio.sleep(1)
+                await self._join_all()
+                continue
+            if message.get("type") == _STOP:
+                return
+            for group in _groups_of(message):
+                for queue in self.queues.get(group, ()):
+                    queue.put_nowait(message)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(GROUP_REFRESH_SECONDS)
+            await self._join_all()
+
+    async def _join_all(self) -> None:
+        if self.channel is None:
+            return
+        for group in list(self.queues):
+            with contextlib.suppress(Exception):
+                await self.layer.group_add(group, self.channel)
+
+
+def _groups_of(message: dict[str, Any]) -> list[str]:
+    """The group a message was sent to (set by `_group_send`), or for a message published
+    without it (an older publisher) the groups its content belongs to."""
+    if "group" in message:
+        return [message["group"]]
+    if message.get("type") == DESTINATION_MESSAGE:
+        return [destination_group(message.get("account_id"))]
+    return sorted({group_name(u.get("account_id")) for u in message.get("updates", ())})
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+
+
+def listeners(group: str) -> int:
+    """How many live streams of this process listen to `group` (the layer sees one channel)."""
+    return sum(len(hub.queues.get(group, ())) for hub in list(_hubs.values()))
+
+
+def listen(
+    type: str, *, groups: Collection[str]
+) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+    """The ListenFactory of the live streams: this process's hub on the running loop."""
+    loop = asyncio.get_running_loop()
+    layer = get_channel_layer()
+    hub = _hubs.get(loop)
+    if hub is None or hub.layer is not layer:
+        hub = _hubs[loop] = _Hub(layer)
+    return hub.listen(type, groups=groups)
 
 
 # Ids of the accounts whose logs the caller may view now (of those asked for). Supplied by the
@@ -402,6 +555,15 @@ def _row(update: dict[str, Any]) -> DeliveryLog:
             pk=update["event_id"], account_id=log.account_id, event_id=update["event"]
         )
     return log
+
+
+def _shared_row(update: dict[str, Any]) -> DeliveryLog:
+    """`_row(update)`, built once for every local stream handed the same message by the hub
+    (they only read it)."""
+    row: DeliveryLog | None = update.get("_row")
+    if row is None:
+        row = update["_row"] = _row(update)
+    return row
 
 
 def _may_match(update: dict[str, Any], filters: LogFilters) -> bool:
@@ -613,7 +775,7 @@ async def log_stream(
                 logs = await _load_shared(loads) if loads else {}
                 for update, ok in zip(updates, served, strict=True):
                     if ok:
-                        row = _row(update)
+                        row = _shared_row(update)
                     elif (shared := logs.get(update["log_id"])) is not None:
                         row = copy.copy(shared)  # other subscribers hold the same row
                         row.status = update["status"]

@@ -170,6 +170,8 @@ if REDIS_URL:
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
                 "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
+                # Live streams share one channel per process (delivery/live.py: _Hub).
+                "capacity": 1000,
             },
         }
     }
@@ -178,7 +180,9 @@ if REDIS_URL:
     )
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+    }
     HUEY = SqliteHuey(
         env_str("HUEY_NAME", "datapusher"),
         filename=env_str("HUEY_SQLITE_PATH", str(BASE_DIR / "huey.sqlite3")),

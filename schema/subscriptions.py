@@ -107,7 +107,6 @@ class Subscription:
         since: datetime | None = None,
         after: str | None = None,
     ) -> AsyncGenerator[DeliveryLog, None]:
-        ws = info.context["ws"]
         f = filters or LogUpdateFilter()
         if after is not None and since is not None:
             raise invalid(ErrorCode.INVALID, "Pass `after` or `since`, not both.")
@@ -121,7 +120,7 @@ class Subscription:
             ),
             since=_aware(since),
             after=position,
-            listen=ws.listen_to_channel,
+            listen=live.listen,
             own_fields=(selected := _selected_fields(info)) is not None and selected <= _OWN_FIELDS,
             event_ids=selected is not None and "eventId" in selected,
         )
@@ -145,7 +144,7 @@ class Subscription:
         stream = live.destination_stream(
             access=_access_check(info, account_id, Action.DESTINATION_VIEW),
             since=_aware(since),
-            listen=info.context["ws"].listen_to_channel,
+            listen=live.listen,
         )
         async for change in stream:
             destination = await sync_to_async(_destination_now)(change.destination_id)

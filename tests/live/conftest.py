@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from delivery.live import group_name
+from delivery.live import group_name, listeners
 from delivery.models import Destination
 from delivery.transport import new_signing_secret
 from identity.auth import token_issue
@@ -66,15 +66,18 @@ class WSClient:
 
 
 async def subscribers(account_id: object, group_of: Callable[[object], str] = group_name) -> int:
-    """How many channels listen to the account's live group (of logs, unless `group_of`
-    names another), read from the channel layer itself (in-memory or Redis): a test waits on
-    this before causing updates."""
-    layer = get_channel_layer()
+    """How many streams listen to the account's live group (of logs, unless `group_of` names
+    another): those of this process (each process's hub joins the group in the layer once, and
+    only then counts a stream), or, when streams run in server processes, the channels that
+    joined it in the layer (one per process). A test waits on this before causing updates."""
     group = group_of(account_id)
+    layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
-        return len(layer.groups.get(group, {}))
-    connection = layer.connection(layer.consistent_hash(group))
-    return int(await connection.zcard(layer._group_key(group)))
+        members = len(layer.groups.get(group, {}))
+    else:
+        connection = layer.connection(layer.consistent_hash(group))
+        members = int(await connection.zcard(layer._group_key(group)))
+    return max(listeners(group), members)
 
 
 async def wait_subscribed(
