@@ -324,6 +324,7 @@ def _forget_recheck(*, setting: str, **kwargs: Any) -> None:
 
 GROUP_REFRESH_SECONDS = 60.0
 _STOP = "live.hub.stop"
+_TICK: dict[str, Any] = {"type": "live.hub.tick"}  # time to re-check access
 
 
 class _Hub:
@@ -361,14 +362,14 @@ class _Hub:
                 self.channel = await self.layer.new_channel()
                 self.tasks = [
                     asyncio.ensure_future(self._read(self.channel)),
-                    asyncio.ensure_future(self._refresh()),
+                    asyncio.ensure_future(self._tick()),
                 ]
             for group in groups:
                 if not self.queues[group]:
                     await self.layer.group_add(group, self.channel)
                 self.queues[group].add(queue)
         try:
-            yield self._messages(queue, type)
+            yield _Messages(queue, type)
         finally:
             left = []
             for group in groups:  # no await before the queue is out: safe under cancellation
@@ -390,15 +391,6 @@ class _Hub:
                 with contextlib.suppress(Exception):
                     await self.layer.send(channel, {"type": _STOP})
 
-    @staticmethod
-    async def _messages(
-        queue: asyncio.Queue[dict[str, Any]], type: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            message = await queue.get()
-            if message.get("type") == type:
-                yield message
-
     async def _read(self, channel: str) -> None:
         while True:
             try:
@@ -417,10 +409,18 @@ class _Hub:
                 for queue in self.queues.get(group, ()):
                     queue.put_nowait(message)
 
-    async def _refresh(self) -> None:
+    async def _tick(self) -> None:
+        """Every recheck_interval(), a tick on every local stream's queue (one timer for the
+        process, not one per stream and message); every GROUP_REFRESH_SECONDS, the groups
+        joined again."""
+        refreshed = time.monotonic()
         while True:
-            await asyncio.sleep(GROUP_REFRESH_SECONDS)
-            await self._join_all()
+            await asyncio.sleep(recheck_interval())
+            for queue in {q for queues in self.queues.values() for q in queues}:
+                queue.put_nowait(_TICK)
+            if time.monotonic() - refreshed >= GROUP_REFRESH_SECONDS:
+                refreshed = time.monotonic()
+                await self._join_all()
 
     async def _join_all(self) -> None:
         if self.channel is None:
@@ -428,6 +428,33 @@ class _Hub:
         for group in list(self.queues):
             with contextlib.suppress(Exception):
                 await self.layer.group_add(group, self.channel)
+
+
+class _Messages:
+    """A stream's messages of one type from its queue (ticks skipped). An iterator, not an
+    async generator: nothing to finalize when the stream's task ends while it waits."""
+
+    def __init__(self, queue: asyncio.Queue[dict[str, Any]], type: str) -> None:
+        self.queue, self.type = queue, type
+
+    def __aiter__(self) -> "_Messages":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            message = await self.queue.get()
+            if message.get("type") == self.type:
+                return message
+
+    async def batches(self) -> AsyncGenerator[list[dict[str, Any]]]:
+        """`_batches` of the hub's queue: what is there at once, as one list; an empty list
+        for ticks alone."""
+        queue = self.queue
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            yield [m for m in items if m.get("type") == self.type]
 
 
 def _groups_of(message: dict[str, Any]) -> list[str]:
@@ -559,11 +586,20 @@ def _row(update: dict[str, Any]) -> DeliveryLog:
 
 def _shared_row(update: dict[str, Any]) -> DeliveryLog:
     """`_row(update)`, built once for every local stream handed the same message by the hub
-    (they only read it)."""
+    (they only read it), marked as shared: `shared_results(row)` is where the GraphQL results
+    of the row, which depend only on the row (its own fields), are kept for the other streams
+    (schema.subscriptions.LiveExecutionContext)."""
     row: DeliveryLog | None = update.get("_row")
     if row is None:
         row = update["_row"] = _row(update)
+        row._live_results = {}  # type: ignore[attr-defined]
     return row
+
+
+def shared_results(row: object) -> dict[Any, Any] | None:
+    """The results kept for a shared row (see `_shared_row`); None for any other object."""
+    found: dict[Any, Any] | None = getattr(row, "_live_results", None)
+    return found
 
 
 def _may_match(update: dict[str, Any], filters: LogFilters) -> bool:
@@ -583,7 +619,13 @@ async def _batches(
     so a subscriber that falls behind catches up with one database read for many messages
     instead of one per message; and an empty list whenever `interval` seconds pass without a
     message, so an idle stream still wakes up to re-check access. The channel is read by a
-    task of its own, never cancelled by a tick (that would end the channel's generator)."""
+    task of its own, never cancelled by a tick (that would end the channel's generator).
+    The hub's streams are batched from their queue directly, ticked by the hub."""
+    if isinstance(messages, _Messages):
+        async with contextlib.aclosing(messages.batches()) as ticked:
+            async for some in ticked:
+                yield some
+        return
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     async def read() -> None:

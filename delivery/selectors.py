@@ -1,6 +1,7 @@
 """Reads, each scoped to what the actor may see before any filter is applied."""
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -11,7 +12,8 @@ from django.db.models import QuerySet
 
 from delivery.models import DeliveryLog, Destination, Event, Notice
 from identity.ids import parse_pk, parse_uuid
-from identity.permissions import Action, Actor, account_ids
+from identity.models import Account, Membership
+from identity.permissions import ROLE_ACTIONS, Action, Actor, account_ids
 
 
 @dataclass
@@ -194,6 +196,36 @@ def viewable_account_ids(
             return frozenset()
         accounts = accounts.filter(pk=pk)
     return frozenset(str(pk) for pk in accounts.values_list("pk", flat=True))
+
+
+AccessKey = tuple[int, bool, str | None, Action]  # (user id, superuser, account id asked, action)
+
+
+def viewable_account_ids_many(keys: Collection[AccessKey]) -> dict[AccessKey, frozenset[str]]:
+    """`viewable_account_ids` for many (active) users at once: one membership query per
+    action for the lot, one account query when a superuser is among them."""
+    answers: dict[AccessKey, frozenset[str]] = {}
+    for action in {key[3] for key in keys}:
+        asked = [key for key in keys if key[3] == action]
+        roles = [role for role, actions in ROLE_ACTIONS.items() if action in actions]
+        members = Membership.objects.filter(
+            user_id__in={key[0] for key in asked if not key[1]}, role__in=roles
+        )
+        of: dict[int, set[str]] = {}
+        for user_id, account_id in members.values_list("user_id", "account_id"):
+            of.setdefault(user_id, set()).add(str(account_id))
+        every = (
+            {str(pk) for pk in Account.objects.values_list("pk", flat=True)}
+            if any(key[1] for key in asked)
+            else set()
+        )
+        for key in asked:
+            ids = every if key[1] else of.get(key[0], set())
+            if key[2] is not None:
+                pk = parse_uuid(key[2])
+                ids = {str(pk)} & ids if pk is not None else set()
+            answers[key] = frozenset(ids)
+    return answers
 
 
 def _beyond_calendar(value: datetime) -> str | None:

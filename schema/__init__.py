@@ -18,7 +18,7 @@ from strawberry_django.optimizer import DjangoOptimizerExtension
 from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import ErrorPolicy
 from schema.identity import IdentityMutation, IdentityQuery
-from schema.subscriptions import Subscription
+from schema.subscriptions import LiveExecutionContext, Subscription
 
 
 @strawberry.type
@@ -98,4 +98,5 @@ schema = Schema(
         ErrorPolicy,
         DjangoOptimizerExtension,
     ],
+    execution_context_class=LiveExecutionContext,
 )

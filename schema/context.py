@@ -18,7 +18,7 @@ from strawberry.types import Info
 
 from delivery.live import recheck_interval
 from identity import secrets
-from identity.auth import token_user
+from identity.auth import token_user, token_users
 from identity.models import User
 from identity.permissions import Actor, require_user
 from identity.throttle import address_from_meta
@@ -56,42 +56,80 @@ V = TypeVar("V")
 
 
 class Recent(Generic[K, V]):
-    """Answers shared by every caller in this process for `recheck_interval()` seconds (from
-    when they were asked), concurrent callers sharing one computation: many sockets with one
-    token or user cost one database read per interval, not one each. Failures are not kept."""
+    """Answers shared by every caller in this process within one window of
+    `recheck_interval()` seconds, and computed in batches: every key asked for in the same
+    moment (the live streams re-check together, on the hub's tick) is loaded by one call of
+    `load(keys) -> {key: value}`, so many sockets of many users cost one database read per
+    interval, not one per socket or user. An answer is at most one interval old. Failures are
+    not kept."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(
+        self, load: Callable[[list[K]], Awaitable[dict[K, V]]], size: int = 10_000
+    ) -> None:
+        self._load = load
         self._size = size
-        self._entries: dict[K, tuple[asyncio.AbstractEventLoop, float, asyncio.Future[V]]] = {}
+        self._entries: dict[K, tuple[asyncio.AbstractEventLoop, int, asyncio.Future[V]]] = {}
+        self._open: tuple[asyncio.AbstractEventLoop, dict[K, asyncio.Future[V]]] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
-    async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
+    async def get(self, key: K) -> V:
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
+        window = int(time.monotonic() // recheck_interval())
         entry = self._entries.get(key)
         if (
             entry is None
             or entry[0] is not loop
-            or now - entry[1] >= recheck_interval()
+            or entry[1] != window
             or (entry[2].done() and (entry[2].cancelled() or entry[2].exception() is not None))
         ):
+            if self._open is None or self._open[0] is not loop:  # no batch is collecting
+                self._open = (loop, {})
+                task = loop.create_task(self._run(self._open[1]))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
+            batch = self._open[1]
+            future = batch.get(key)
+            if future is None:
+                future = batch[key] = loop.create_future()
             if len(self._entries) >= self._size:
                 self._entries.clear()
-            entry = (loop, now, asyncio.ensure_future(compute()))
-            self._entries[key] = entry
+            entry = self._entries[key] = (loop, window, future)
         return await asyncio.shield(entry[2])
 
+    async def _run(self, batch: dict[K, asyncio.Future[V]]) -> None:
+        await asyncio.sleep(BATCH_SECONDS)  # the others of this moment join
+        if self._open is not None and self._open[1] is batch:
+            self._open = None  # keys asked from now on go to the next batch
+        try:
+            values = await self._load(list(batch))
+        except Exception as error:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for key, future in batch.items():
+            if not future.done():
+                future.set_result(values[key])
 
-_socket_users: Recent[str, User | None] = Recent()
+
+# How long a batch waits for more keys: callers of one moment (a tick) arrive within it.
+BATCH_SECONDS = 0.005
+
+
+async def _load_users(digests: list[str]) -> dict[str, User | None]:
+    return await sync_to_async(token_users)(digests)
+
+
+_socket_users: Recent[str, User | None] = Recent(_load_users)
 
 
 async def socket_user(raw_token: str | None) -> User | None:
     """The active user owning the unexpired token, as the database said at most
-    `recheck_interval()` ago (one read per token and interval in this process), or None."""
+    `recheck_interval()` ago (one read per interval for all the tokens asked about in this
+    process at once), or None."""
     if not raw_token:
         return None
-    return await _socket_users.get(
-        secrets.digest(raw_token), lambda: sync_to_async(token_user)(raw_token)
-    )
+    return await _socket_users.get(secrets.digest(raw_token))
 
 
 def resolve_user(raw_token: str | None) -> User | AnonymousUser:

@@ -1,11 +1,15 @@
 """Live delivery status."""
 
+import asyncio
+import json
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
 from asgiref.sync import sync_to_async
+from graphql import OperationType
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
@@ -34,18 +38,19 @@ class LogUpdateFilter:
     event_id: str | None = strawberry.field(default=None, description="The event's CL-X-EVENT-ID.")
 
 
+async def _load_access(
+    keys: list[selectors.AccessKey],
+) -> dict[selectors.AccessKey, frozenset[str]]:
+    return await sync_to_async(selectors.viewable_account_ids_many)(keys)
+
+
 # Which accounts' logs (or destinations) a user may view, shared by the user's streams in
-# this process.
-_access: context.Recent[tuple[int, bool, str | None, Action], frozenset[str]] = context.Recent()
+# this process and loaded for all users at once.
+_access: context.Recent[selectors.AccessKey, frozenset[str]] = context.Recent(_load_access)
 
 
 async def _viewable(user: User, account_id: str | None, action: Action) -> frozenset[str]:
-    return await _access.get(
-        (user.pk, user.is_superuser, account_id, action),
-        lambda: sync_to_async(selectors.viewable_account_ids)(
-            actor=user, action=action, account_id=account_id
-        ),
-    )
+    return await _access.get((user.pk, user.is_superuser, account_id, action))
 
 
 def _access_check(info: Info, account_id: strawberry.ID | None, action: Action) -> Any:
@@ -152,6 +157,35 @@ class Subscription:
                 destination=destination,  # type: ignore[arg-type]
                 notice=change.notice,  # type: ignore[arg-type]
             )
+
+
+class LiveExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """Executes a subscription event once per process for all the streams that yield the same
+    shared row (delivery.live: a row built from a message, yielded only to streams that select
+    nothing but its own fields, which do not depend on who asks) with the same document,
+    operation and variables; the others get that result. 1,000 subscribers of one query: one
+    execution per change instead of 1,000."""
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        results = live.shared_results(self.root_value)
+        if results is None or self.operation.operation is not OperationType.SUBSCRIPTION:
+            return super().execute_operation(serially)
+        source = self.operation.loc.source.body if self.operation.loc else None
+        if source is None:
+            return super().execute_operation(serially)
+        key = (
+            source,
+            self.operation.name and self.operation.name.value,
+            _frozen(self.variable_values),
+        )
+        if key not in results:
+            result = super().execute_operation(serially)
+            results[key] = asyncio.ensure_future(result) if self.is_awaitable(result) else result
+        return results[key]
+
+
+def _frozen(variables: Any) -> str:
+    return json.dumps(variables, sort_keys=True, default=str)
 
 
 # DeliveryLog fields that a live change's message carries (delivery/live.log_message).

@@ -537,3 +537,49 @@ async def test_a_bad_resume_point_is_refused_with_its_code(
     }
     assert await client.receive() == {"id": op_id, "type": "complete"}
     assert await live_subscribers(destinations[0].account_id) == 0
+
+
+OWN = "subscription ($accountId: ID) { logUpdates(accountId: $accountId) { id status cursor } }"
+
+
+async def test_identical_subscriptions_share_one_execution_per_change(
+    ws_clients: Any,
+    admin: Persona,
+    normal_user: Persona,
+    destinations: list[Destination],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three sockets, two users, the same own-fields query: each change is executed once in the
+    # process (the `cursor` resolver runs once per change); a fourth asking for another
+    # account id spelling is a different operation, executed on its own.
+    account_id = str(destinations[0].account_id)
+    calls: list[int] = []
+    real = live.cursor
+
+    def counted(updated_at: Any, log_id: int) -> str:
+        calls.append(log_id)
+        return real(updated_at, log_id)
+
+    monkeypatch.setattr(live, "cursor", counted)
+    clients = []
+    for persona in (admin, admin, normal_user):
+        clients.append(client := await ws_clients())
+        await client.init(persona.token)
+        await client.subscribe(OWN, {"accountId": account_id})
+    other = await ws_clients()
+    await other.init(admin.token)
+    await other.subscribe(OWN, {"accountId": account_id.upper()})
+    await wait_subscribed(account_id, 4)
+
+    await sync_to_async(ingest)(destinations[0].account_id, "shared")
+
+    got = [await collect_data(client, 6) for client in [*clients, other]]
+    assert got[0] == got[1] == got[2] == got[3]
+    assert sorted(d["logUpdates"]["status"] for d in got[0]) == sorted(
+        ["QUEUED", "SENDING", "SUCCESS"] * 2
+    )
+    assert len(calls) == 12  # 6 changes, once for the three alike and once for the fourth
+
+
+async def collect_data(client: Any, count: int) -> list[dict[str, Any]]:
+    return [await client.next_data() for _ in range(count)]

@@ -1,0 +1,100 @@
+"""The live side's re-checks are batched: every token and every access asked about in the same
+moment is answered by one load (schema.context.Recent), from loaders that read many users at
+once and answer exactly as their one-user versions do."""
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from delivery import selectors
+from identity import secrets
+from identity.auth import token_issue, token_user, token_users
+from identity.models import AuthToken, Role
+from identity.permissions import Action
+from schema.context import Recent
+from tests.factories import add_member, make_account, make_user
+
+
+async def test_keys_asked_together_are_loaded_in_one_call_and_kept_for_the_window() -> None:
+    calls: list[list[int]] = []
+
+    async def load(keys: list[int]) -> dict[int, int]:
+        calls.append(sorted(keys))
+        return {k: k * 10 for k in keys}
+
+    recent: Recent[int, int] = Recent(load)
+
+    first = await asyncio.gather(*(recent.get(k) for k in range(50)))
+    again = await asyncio.gather(*(recent.get(k) for k in (3, 7)))
+
+    assert first == [k * 10 for k in range(50)]
+    assert again == [30, 70]
+    assert calls == [list(range(50))]
+
+
+async def test_a_failed_load_fails_its_callers_and_is_not_kept() -> None:
+    outcomes = iter([RuntimeError("database down"), None])
+
+    async def load(keys: list[str]) -> dict[str, str]:
+        error = next(outcomes)
+        if error is not None:
+            raise error
+        return {k: k.upper() for k in keys}
+
+    recent: Recent[str, str] = Recent(load)
+
+    with pytest.raises(RuntimeError, match="database down"):
+        await recent.get("a")
+    assert await recent.get("a") == "A"
+
+
+@pytest.mark.django_db
+def test_token_users_answers_as_token_user_for_each_token() -> None:
+    active = make_user()
+    inactive = make_user(is_active=False)
+    raws = {
+        "valid": token_issue(user=active),
+        "inactive": token_issue(user=inactive),
+        "expired": token_issue(user=active),
+        "unknown": "dpu_not-a-token",
+    }
+    AuthToken.objects.filter(key_hash=secrets.digest(raws["expired"])).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    digests = {name: secrets.digest(raw) for name, raw in raws.items()}
+
+    found = token_users(list(digests.values()))
+
+    assert {name: found[d] for name, d in digests.items()} == {
+        name: token_user(raw) for name, raw in raws.items()
+    }
+    assert found[digests["valid"]] == active
+    assert [found[digests[n]] for n in ("inactive", "expired", "unknown")] == [None] * 3
+
+
+@pytest.mark.django_db
+def test_viewable_account_ids_many_answers_as_viewable_account_ids_for_each_key() -> None:
+    admin, normal, outsider = make_user(), make_user(), make_user()
+    root = make_user(is_superuser=True)
+    first, _ = make_account(admin=admin)
+    second, _ = make_account(admin=admin)
+    add_member(first, normal, Role.NORMAL_USER)
+    keys: list[Any] = [
+        (user.pk, user.is_superuser, account, action)
+        for user in (admin, normal, outsider, root)
+        for account in (None, str(first.pk), str(second.pk), "not-a-uuid")
+        for action in (Action.LOG_VIEW, Action.LOG_RETRY)
+    ]
+    users = {u.pk: u for u in (admin, normal, outsider, root)}
+
+    many = selectors.viewable_account_ids_many(keys)
+
+    assert many == {
+        key: selectors.viewable_account_ids(actor=users[key[0]], action=key[3], account_id=key[2])
+        for key in keys
+    }
+    assert many[(normal.pk, False, None, Action.LOG_VIEW)] == {str(first.pk)}
+    assert many[(normal.pk, False, None, Action.LOG_RETRY)] == frozenset()
