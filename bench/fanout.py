@@ -20,6 +20,7 @@ from bench.common import (
     Context,
     CpuMeter,
     Section,
+    child_env,
     fmt,
     free_port,
     fresh_state,
@@ -285,7 +286,9 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
         sink = procs.nginx(free_port())
         tenants = [seed.tenant(1, sink.url, name=f"spread {i}") for i in range(SPREAD_ACCOUNTS)]
         port = free_port()
-        daphne = procs.daphne(port)
+        # Each user has SUBSCRIBERS // SPREAD_ACCOUNTS sockets here: the default limit, not the
+        # one-account case's 5,000 (a socket's slot is taken by scanning the user's slots).
+        daphne = procs.daphne(port, env=child_env(WS_MAX_CONNECTIONS_PER_USER="20"))
         procs.worker(8)
         fleet = Fleet(f"ws://127.0.0.1:{port}/graphql/")
         for tenant in tenants:
