@@ -822,6 +822,8 @@ async def log_stream(
                         row = copy.copy(shared)  # other subscribers hold the same row
                         row.status = update["status"]
                         row.attempt_count = update["attempt_count"]
+                        if (changed := _position(update)) is not None:
+                            row.updated_at = changed[0]  # the change's own cursor
                     else:
                         continue
                     if log_matches(row, filters):

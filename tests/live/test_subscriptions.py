@@ -1,7 +1,7 @@
 """logUpdates through the real ASGI application (channels' communicator) with the configured
 channel layer: in-memory on embedded defaults, Redis in the services run."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -583,3 +583,28 @@ async def test_identical_subscriptions_share_one_execution_per_change(
 
 async def collect_data(client: Any, count: int) -> list[dict[str, Any]]:
     return [await client.next_data() for _ in range(count)]
+
+
+async def test_each_change_carries_its_own_cursor_when_the_row_is_read(
+    ws_clients: Any, admin: Persona, destinations: list[Destination]
+) -> None:
+    # `destination` is not in the message: the row is read once per message (by then at its
+    # last change), but `cursor` and `updatedAt` are still those of each change.
+    query = """subscription ($accountId: ID) { logUpdates(accountId: $accountId) {
+        id status cursor updatedAt destination { id } } }"""
+    client = await ws_clients()
+    await client.init(admin.token)
+    await client.subscribe(query, {"accountId": str(destinations[0].account_id)})
+    await wait_subscribed(destinations[0].account_id)
+
+    await sync_to_async(ingest)(destinations[0].account_id, "own-cursor")
+    changes = [(await client.next_data())["logUpdates"] for _ in range(6)]
+
+    assert len({c["cursor"] for c in changes}) == 6
+    for log_id in {c["id"] for c in changes}:
+        mine = [c for c in changes if c["id"] == log_id]
+        assert [c["status"] for c in mine] == ["QUEUED", "SENDING", "SUCCESS"]
+        assert [c["cursor"] for c in mine] == [
+            live.cursor(datetime.fromisoformat(c["updatedAt"]), int(log_id)) for c in mine
+        ]
+        assert [c["updatedAt"] for c in mine] == sorted(c["updatedAt"] for c in mine)

@@ -260,7 +260,9 @@ function applyLog(log, f) {
   count(log);
   const known = state.logs.get(log.id);
   if (known) {
-    if (log.updatedAt < known.updatedAt) return; // a replayed change older than what we show
+    // The change we have: a resume repeats a log's current state when changes of different
+    // logs arrived out of cursor order.
+    if (log.cursor === known.cursor) return;
     Object.assign(known, log);
     known.history.push(log.status);
   } else {
