@@ -346,12 +346,11 @@ class _Hub:
         self.channel: str | None = None
         self.queues: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self.lock = asyncio.Lock()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.reader: asyncio.Task[None] | None = None  # ends on _STOP
+        self.ticker: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
-    async def listen(
-        self, type: str, *, groups: Collection[str]
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    async def listen(self, type: str, *, groups: Collection[str]) -> AsyncIterator["_Messages"]:
         """The messages of `type` sent to `groups` from the moment this returns (the groups
         are joined first), until the block ends."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -360,10 +359,8 @@ class _Hub:
                 # A process channel like the sockets' own: channels_redis reads all of a
                 # process's channels with one receive loop, keyed by the name's prefix.
                 self.channel = await self.layer.new_channel()
-                self.tasks = [
-                    asyncio.ensure_future(self._read(self.channel)),
-                    asyncio.ensure_future(self._tick()),
-                ]
+                self.reader = asyncio.ensure_future(self._read(self.channel))
+                self.ticker = asyncio.ensure_future(self._tick())
             for group in groups:
                 if not self.queues[group]:
                     await self.layer.group_add(group, self.channel)
@@ -382,7 +379,8 @@ class _Hub:
             channel = self.channel
             if not self.queues:  # the last local stream: stop reading until the next one
                 self.channel = None
-                self.tasks[1].cancel()
+                if self.ticker is not None:
+                    self.ticker.cancel()
             for group in left:
                 with contextlib.suppress(Exception):
                     await self.layer.group_discard(group, channel)
@@ -447,8 +445,10 @@ class _Messages:
                 return message
 
     async def batches(self) -> AsyncGenerator[list[dict[str, Any]]]:
-        """`_batches` of the hub's queue: what is there at once, as one list; an empty list
-        for ticks alone."""
+        """The messages in lists: each holds what arrived while the previous one was handled,
+        so a stream that falls behind catches up with one database read for many messages
+        instead of one per message; an empty list for the hub's ticks alone, so an idle stream
+        still wakes up to re-check access."""
         queue = self.queue
         while True:
             items = [await queue.get()]
@@ -475,9 +475,7 @@ def listeners(group: str) -> int:
     return sum(len(hub.queues.get(group, ())) for hub in list(_hubs.values()))
 
 
-def listen(
-    type: str, *, groups: Collection[str]
-) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+def listen(type: str, *, groups: Collection[str]) -> AbstractAsyncContextManager["_Messages"]:
     """The ListenFactory of the live streams: this process's hub on the running loop."""
     loop = asyncio.get_running_loop()
     layer = get_channel_layer()
@@ -490,7 +488,7 @@ def listen(
 # Ids of the accounts whose logs the caller may view now (of those asked for). Supplied by the
 # transport, which knows who the caller is; raises Unauthenticated once the caller is not.
 AccessCheck = Callable[[], Awaitable[Collection[str]]]
-ListenFactory = Callable[..., AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]]
+ListenFactory = Callable[..., AbstractAsyncContextManager["_Messages"]]
 
 CATCH_UP_CHUNK = 500
 
@@ -612,51 +610,6 @@ def _may_match(update: dict[str, Any], filters: LogFilters) -> bool:
     return not filters.statuses or update["status"] in filters.statuses
 
 
-async def _batches(
-    messages: AsyncIterator[dict[str, Any]], interval: float
-) -> AsyncGenerator[list[dict[str, Any]]]:
-    """`messages` in lists: each list holds what arrived while the previous one was handled,
-    so a subscriber that falls behind catches up with one database read for many messages
-    instead of one per message; and an empty list whenever `interval` seconds pass without a
-    message, so an idle stream still wakes up to re-check access. The channel is read by a
-    task of its own, never cancelled by a tick (that would end the channel's generator).
-    The hub's streams are batched from their queue directly, ticked by the hub."""
-    if isinstance(messages, _Messages):
-        async with contextlib.aclosing(messages.batches()) as ticked:
-            async for some in ticked:
-                yield some
-        return
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    async def read() -> None:
-        try:
-            async for message in messages:
-                queue.put_nowait(message)
-        finally:
-            queue.put_nowait(None)  # the channel ended
-
-    reader = asyncio.ensure_future(read())
-    try:
-        while True:
-            try:
-                first = await asyncio.wait_for(queue.get(), timeout=interval)
-            except TimeoutError:
-                yield []
-                continue
-            batch = [first]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            if None in batch:
-                if ready := [m for m in batch[: batch.index(None)] if m is not None]:
-                    yield ready
-                return
-            yield [m for m in batch if m is not None]
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await reader
-
-
 class _Accounts:
     """The accounts a stream serves: those `access` allowed at the start, narrowed (never
     widened: a membership gained later has no joined group) at each re-check."""
@@ -720,7 +673,7 @@ async def destination_stream(
                 position = (chunk[-1].at, chunk[-1].pk)
                 if not await allowed.recheck():
                     return
-        async with contextlib.aclosing(_batches(messages, recheck_interval())) as batches:
+        async with contextlib.aclosing(messages.batches()) as batches:
             async for batch in batches:
                 if not await allowed.recheck():
                     return
@@ -800,7 +753,7 @@ async def log_stream(
                 position = (chunk[-1].updated_at, chunk[-1].pk)
                 if not await recheck():
                     return
-        async with contextlib.aclosing(_batches(messages, recheck_interval())) as batches:
+        async with contextlib.aclosing(messages.batches()) as batches:
             async for batch in batches:
                 if not await recheck():
                     return

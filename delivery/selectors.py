@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from delivery.models import DeliveryLog, Destination, Event, Notice
 from identity.ids import parse_pk, parse_uuid
 from identity.models import Account, Membership
-from identity.permissions import ROLE_ACTIONS, Action, Actor, account_ids
+from identity.permissions import Action, Actor, account_ids, roles_allowing
 
 
 @dataclass
@@ -178,38 +178,18 @@ def log_matches(log: DeliveryLog, f: LogFilters) -> bool:
     return f.status_code is None or log.last_status_code == f.status_code
 
 
-def log_account_ids(*, actor: Actor, account_id: str | None = None) -> frozenset[str]:
-    """Ids of the accounts whose logs the actor may view: all of them, or only `account_id`
-    (empty when it is foreign, missing or malformed)."""
-    return viewable_account_ids(actor=actor, action=Action.LOG_VIEW, account_id=account_id)
-
-
-def viewable_account_ids(
-    *, actor: Actor, action: Action, account_id: str | None = None
-) -> frozenset[str]:
-    """Ids of the accounts where the actor may do `action`: all of them, or only
-    `account_id` (empty when it is foreign, missing or malformed)."""
-    accounts = account_ids(actor, action)
-    if account_id is not None:
-        pk = parse_uuid(account_id)
-        if pk is None:
-            return frozenset()
-        accounts = accounts.filter(pk=pk)
-    return frozenset(str(pk) for pk in accounts.values_list("pk", flat=True))
-
-
 AccessKey = tuple[int, bool, str | None, Action]  # (user id, superuser, account id asked, action)
 
 
 def viewable_account_ids_many(keys: Collection[AccessKey]) -> dict[AccessKey, frozenset[str]]:
-    """`viewable_account_ids` for many (active) users at once: one membership query per
-    action for the lot, one account query when a superuser is among them."""
+    """Ids of the accounts where each (active) user may do the action: all of them, or only
+    the account asked for (none when it is foreign, missing or malformed); one membership
+    query per action for the lot, one account query when a superuser is among them."""
     answers: dict[AccessKey, frozenset[str]] = {}
     for action in {key[3] for key in keys}:
         asked = [key for key in keys if key[3] == action]
-        roles = [role for role, actions in ROLE_ACTIONS.items() if action in actions]
         members = Membership.objects.filter(
-            user_id__in={key[0] for key in asked if not key[1]}, role__in=roles
+            user_id__in={key[0] for key in asked if not key[1]}, role__in=roles_allowing(action)
         )
         of: dict[int, set[str]] = {}
         for user_id, account_id in members.values_list("user_id", "account_id"):

@@ -40,17 +40,8 @@ def token_user(raw: str | None) -> User | None:
     """The active user owning an unexpired token, or None."""
     if not raw:
         return None
-    token = (
-        AuthToken.objects.select_related("user")
-        .filter(key_hash=secrets.digest(raw), expires_at__gt=timezone.now())
-        .first()
-    )
-    if token is None or not token.user.is_active:
-        return None
-    now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
-        AuthToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user
+    digest = secrets.digest(raw)
+    return token_users([digest])[digest]
 
 
 def token_users(digests: Collection[str]) -> dict[str, User | None]:

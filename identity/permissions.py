@@ -88,11 +88,16 @@ def check(actor: Actor, action: Action, account_id: uuid.UUID | str) -> str:
     return role
 
 
+def roles_allowing(action: Action) -> list[str]:
+    return [role for role, actions in ROLE_ACTIONS.items() if action in actions]
+
+
 def account_ids(actor: Actor, action: Action) -> QuerySet[Account, Any]:
     """Ids of the accounts where the actor may do `action`, as a subquery for scoping."""
     if not isinstance(actor, User) or not actor.is_active:
         return Account.objects.none().values("pk")
     if actor.is_superuser:
         return Account.objects.values("pk")
-    roles = [role for role, actions in ROLE_ACTIONS.items() if action in actions]
-    return Account.objects.filter(memberships__user=actor, memberships__role__in=roles).values("pk")
+    return Account.objects.filter(
+        memberships__user=actor, memberships__role__in=roles_allowing(action)
+    ).values("pk")

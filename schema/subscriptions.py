@@ -168,14 +168,16 @@ class LiveExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         results = live.shared_results(self.root_value)
-        if results is None or self.operation.operation is not OperationType.SUBSCRIPTION:
-            return super().execute_operation(serially)
-        source = self.operation.loc.source.body if self.operation.loc else None
-        if source is None:
+        operation = self.operation
+        if (
+            results is None
+            or operation.operation is not OperationType.SUBSCRIPTION
+            or not operation.loc
+        ):
             return super().execute_operation(serially)
         key = (
-            source,
-            self.operation.name and self.operation.name.value,
+            operation.loc.source.body,
+            operation.name and operation.name.value,
             _frozen(self.variable_values),
         )
         if key not in results:
