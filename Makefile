@@ -24,7 +24,7 @@ run: $(STAMP)
 prod: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(PY) deploy/prod.py
 
-# The npm packages of the README's JavaScript example (tests/live/test_js_client.py), when npm
+# The npm packages of the README's JavaScript example (tests/live/test_readme_clients.py), when npm
 # is there; without them that test is skipped (.ci/run installs Node and requires them).
 JS_MODULES := tests/js/node_modules/.package-lock.json
 
