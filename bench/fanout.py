@@ -10,6 +10,7 @@ flow (open loop), the same receipt latency. Targets (issue 11): one account p99 
 import statistics
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ EVENTS = 3
 REFERENCE_EVENTS = 3
 EVENT_TIMEOUT = 40.0
 PY_SPY_SECONDS = 10
+IDLE_SECONDS = 5
 TARGET_P99_MS = 250.0  # one account, every subscriber
 TARGET_CPU_MS = 1.0  # daphne CPU per subscriber per status change
 TARGET_SPREAD_P99_MS = 100.0
@@ -62,6 +64,7 @@ class Fleet:
         self.messages = 0
         self.subscribed = 0  # subscribe messages sent
         self.tasks: list[object] = []
+        self.failures: list[str] = []  # why subscribers ended
 
     def add(self, tenant: seed.Tenant, n: int) -> None:
         variables = {"id": str(tenant.account.pk)}
@@ -106,6 +109,8 @@ class Fleet:
                         ready=ready,
                         stop=self.loop.stop_event,
                     )
+                except Exception as error:
+                    self.failures.append(f"{type(error).__name__}: {error}")
                 finally:
                     ready()
 
@@ -123,7 +128,8 @@ class Fleet:
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(
                     f"{self.heard.count(False)} subscribers heard nothing "
-                    f"({self.subscribed} of {len(self.heard)} subscribed)"
+                    f"({self.subscribed} of {len(self.heard)} subscribed; ended: "
+                    f"{dict(Counter(self.failures)) or 'none'})"
                 )
             for tenant in tenants:
                 _ingest(tenant)
@@ -181,6 +187,12 @@ def run(ctx: Context) -> Section:
         connect_seconds = fleet.settle([tenant])
         connected = len(fleet.heard)
         log(f"{connected} subscribers in {connect_seconds:.0f} s")
+        idle = CpuMeter({"daphne": daphne.tree})
+        idle.start()
+        # The sockets' and streams' own upkeep (re-checks, timers), sampled as it runs.
+        idle_spy = profiling.py_spy(daphne.pid, IDLE_SECONDS, ctx.log_dir / "py-spy-idle.txt")
+        idle.stop()
+        idle_cpu = idle.used["daphne"] / IDLE_SECONDS
         spy: list[str | None] = [None]
         spying = threading.Thread(
             target=lambda: spy.__setitem__(
@@ -216,6 +228,10 @@ def run(ctx: Context) -> Section:
         ratio(p99, p99_ref),
         f"≤ {TARGET_P99_MS:.0f} ms",
         "met" if p99 <= TARGET_P99_MS else "MISSED",
+    )
+    section.row(
+        f"daphne CPU while nothing changes, {connected:,} subscribers",
+        f"{fmt(idle_cpu * 1e3)} ms per second",
     )
     section.row(
         "last subscriber served, per event (median)",
@@ -260,6 +276,8 @@ def run(ctx: Context) -> Section:
     )
     if spy[0]:
         section.details.append(("py-spy of daphne during the one-account fan-out", spy[0]))
+    if idle_spy:
+        section.details.append(("py-spy of daphne while nothing changes", idle_spy))
     expected = EVENTS * connected
     section.notes.append(
         f"One account: {EVENTS} events, one at a time, each waited for until every "

@@ -114,7 +114,7 @@ def _run_sections(
         + ("\n" + analysis.read_text() if analysis.exists() else "")
     )
     print(f"Wrote {results.relative_to(ROOT)} ({total:.0f} s in all).")
-    if failed:
+    if failed or os.environ.get("BENCH_KEEP_LOGS"):
         print(f"Logs of the processes started: {log_dir}")
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
