@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any
@@ -34,7 +35,8 @@ from strawberry.types.unset import UNSET, UnsetType
 from delivery import live
 from identity.auth import token_from_header
 from identity.errors import ErrorCode
-from schema.context import socket_user
+from schema.context import peek_socket_user, socket_user
+from schema.subscriptions import live_operation
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ class _Handler(BaseGraphQLTransportWSHandler[None, None]):
                 {"id": message["id"], "type": "error", "payload": [error.formatted]}
             )
             return
+        # The operation's task (created by the handler) sees which operation it runs.
+        live_operation.set((self, message.get("id")))
         await super().handle_subscribe(message)
 
 
@@ -150,11 +154,15 @@ def slot_acquire(user_id: object, owner: str) -> str | None:
     return None
 
 
-def slot_refresh(key: str, owner: str) -> None:
-    if cache.get(key) == owner:
-        cache.touch(key, SLOT_TTL_SECONDS)
-    else:  # expired meanwhile: take it back if it is still free
-        cache.add(key, owner, timeout=SLOT_TTL_SECONDS)
+def slots_refresh(slots: list[tuple[str, str]]) -> None:
+    """Keep these (key, owner) slots alive: two cache round trips for all of them, plus one
+    per slot that expired meanwhile (taken back if it is still free)."""
+    held = cache.get_many([key for key, _owner in slots])
+    ours = {key: owner for key, owner in slots if held.get(key) == owner}
+    cache.set_many(ours, timeout=SLOT_TTL_SECONDS)
+    for key, owner in slots:
+        if key not in ours:
+            cache.add(key, owner, timeout=SLOT_TTL_SECONDS)
 
 
 def slot_release(key: str, owner: str) -> None:
@@ -196,7 +204,6 @@ class LiveConsumer(GraphQLWSConsumer):
     websocket_adapter_class = _Adapter
     auth_token: str | None = None
     _slot: tuple[str, str] | None = None  # (cache key, owner)
-    _watchdog: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, schema: Any) -> Any:
@@ -222,8 +229,7 @@ class LiveConsumer(GraphQLWSConsumer):
         await super().connect()
 
     async def disconnect(self, code: int) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        _watchdog().sockets.discard(self)
         if self.run_task is not None:
             await super().disconnect(code)
         if self._slot is not None:
@@ -247,31 +253,88 @@ class LiveConsumer(GraphQLWSConsumer):
         self.auth_token = raw
         # Lets worker threads of this process reach the in-memory channel layer (embedded).
         live.bind_server_loop(asyncio.get_running_loop())
-        self._watchdog = asyncio.create_task(self._watch())
+        _watchdog().add(self)
         return UNSET
-
-    async def _watch(self) -> None:
-        """Re-resolve the token every `recheck_interval()`, also while nothing flows; keep the
-        fresh user in the scope (roles and superuser status as of now) and the slot alive."""
-        refreshed = time.monotonic()
-        try:
-            while True:
-                await asyncio.sleep(live.recheck_interval())
-                user = await socket_user(self.auth_token)
-                if user is None:
-                    await self._shut(*TOKEN_INVALID)
-                    return
-                self.scope["user"] = user
-                if self._slot is not None and time.monotonic() - refreshed >= SLOT_REFRESH_SECONDS:
-                    await sync_to_async(slot_refresh)(*self._slot)
-                    refreshed = time.monotonic()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # cannot tell whether the token is still valid: fail closed
-            logger.exception("WebSocket authorization check failed")
-            await self._shut(1011, "Authorization check failed")
 
     async def _shut(self, code: int, reason: str) -> None:
         await self.close(code=code, reason=reason)
         # End the handler and its operations now, not when the client acknowledges the close.
         self.message_queue.put_nowait({"message": None, "disconnected": True})
+
+
+class _Watchdog:
+    """The re-checks of every open socket of one event loop, by one task: every
+    `recheck_interval()` each socket's token is resolved again (socket_user: answers shared by
+    the process and refreshed ahead, so this waits on the database only for tokens it has not
+    seen lately) and the fresh user kept in the socket's scope (roles and superuser status as
+    of now); a socket whose token is revoked or expired, or whose user is deactivated, is
+    closed with 4403. Every SLOT_REFRESH_SECONDS the sockets' slots are kept alive in one
+    batch. One timer for 1,000 sockets instead of one each."""
+
+    def __init__(self) -> None:
+        self.sockets: set[LiveConsumer] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, socket: "LiveConsumer") -> None:
+        self.sockets.add(socket)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        refreshed = time.monotonic()
+        while self.sockets:
+            await asyncio.sleep(live.recheck_interval())
+            sockets = list(self.sockets)
+            unknown = []
+            for socket in sockets:
+                user = peek_socket_user(socket.auth_token, _UNKNOWN)
+                if user is _UNKNOWN:
+                    unknown.append(socket)
+                else:
+                    self._apply(socket, user)
+            if unknown:  # tokens not seen lately: one batched read for all of them
+                users = await asyncio.gather(
+                    *(socket_user(s.auth_token) for s in unknown), return_exceptions=True
+                )
+                for socket, user in zip(unknown, users, strict=True):
+                    self._apply(socket, user)
+            if time.monotonic() - refreshed >= SLOT_REFRESH_SECONDS:
+                refreshed = time.monotonic()
+                slots = [s._slot for s in sockets if s._slot is not None and s in self.sockets]
+                try:
+                    await sync_to_async(slots_refresh)(slots)
+                except Exception:  # the slots live on until their TTL; retried next time
+                    logger.warning("Refreshing WebSocket slots failed", exc_info=True)
+
+    def _apply(self, socket: "LiveConsumer", user: object) -> None:
+        if socket not in self.sockets:
+            return  # disconnected meanwhile
+        if isinstance(user, BaseException):  # cannot tell whether the token is still valid
+            logger.error("WebSocket authorization check failed", exc_info=user)
+            self._close(socket, 1011, "Authorization check failed")
+        elif user is None:
+            self._close(socket, *TOKEN_INVALID)
+        else:
+            socket.scope["user"] = user
+
+    def _close(self, socket: "LiveConsumer", code: int, reason: str) -> None:
+        self.sockets.discard(socket)
+        task = asyncio.get_running_loop().create_task(socket._shut(code, reason))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_UNKNOWN: Any = object()
+_closing: set[asyncio.Task[None]] = set()
+_watchdogs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watchdog() -> _Watchdog:
+    """The watchdog of the running event loop."""
+    loop = asyncio.get_running_loop()
+    found = _watchdogs.get(loop)
+    if found is None:
+        found = _watchdogs[loop] = _Watchdog()
+    return found

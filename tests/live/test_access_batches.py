@@ -51,6 +51,76 @@ async def test_a_failed_load_fails_its_callers_and_is_not_kept() -> None:
     assert await recent.get("a") == "A"
 
 
+class Source:
+    """A loader over a dict that can change, recording each call's keys."""
+
+    def __init__(self) -> None:
+        self.values = {"a": 1, "b": 2}
+        self.calls: list[list[str]] = []
+        self.failing = False
+
+    async def load(self, keys: list[str]) -> dict[str, int]:
+        self.calls.append(sorted(keys))
+        if self.failing:
+            raise RuntimeError("database down")
+        return {k: self.values[k] for k in keys}
+
+
+async def test_keys_asked_for_are_reloaded_ahead_so_callers_do_not_wait(settings: Any) -> None:
+    settings.LIVE_RECHECK_SECONDS = 0.2  # answers at most 0.1 s old, refreshed every 0.05 s
+    source = Source()
+    recent: Recent[str, int] = Recent(source.load)
+    assert await asyncio.gather(recent.get("a"), recent.get("b")) == [1, 2]
+    source.values["a"] = 10
+
+    waited = []
+    for _ in range(12):  # 0.3 s of asking, as streams on their ticks do
+        await asyncio.sleep(0.025)
+        task = asyncio.ensure_future(recent.get("a"))
+        await asyncio.sleep(0)  # one step: a fresh answer is there without a load of its own
+        waited.append(not task.done())
+        assert await task in (1, 10)
+
+    assert waited == [False] * 12
+    assert await recent.get("a") == 10
+    # The first call, then one refresh of both keys per half interval while "a" is asked for;
+    # "b", not asked for since, has left the refreshes.
+    assert source.calls[0] == ["a", "b"]
+    assert 4 <= len(source.calls) <= 8
+    assert source.calls[-1] == ["a"]
+
+
+async def test_an_answer_is_never_older_than_the_interval(settings: Any) -> None:
+    settings.LIVE_RECHECK_SECONDS = 0.2
+    source = Source()
+    recent: Recent[str, int] = Recent(source.load)
+    assert await recent.get("a") == 1
+
+    source.failing = True  # the refreshes fail: the answer ages out, then the callers' own fail
+    await asyncio.sleep(0.15)
+    with pytest.raises(RuntimeError, match="database down"):
+        await recent.get("a")
+
+    source.failing = False
+    source.values["a"] = 3
+    assert await recent.get("a") == 3
+
+
+async def test_refreshing_stops_once_nothing_is_asked_for(settings: Any) -> None:
+    settings.LIVE_RECHECK_SECONDS = 0.2
+    source = Source()
+    recent: Recent[str, int] = Recent(source.load)
+    assert await recent.get("a") == 1
+    await asyncio.sleep(0.4)
+    calls = len(source.calls)
+
+    await asyncio.sleep(0.2)
+
+    assert len(source.calls) == calls
+    # The first load and the refreshes of two intervals (0.2 s, one every 0.05 s) at most.
+    assert 2 <= calls <= 5
+
+
 @pytest.mark.django_db
 def test_token_users_answers_as_token_user_for_each_token() -> None:
     active = make_user()

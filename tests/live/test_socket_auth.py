@@ -2,12 +2,14 @@
 revoked, expired or of a deactivated user closes it within LIVE_RECHECK_SECONDS, idle or not;
 lost memberships end streams within the same bound; open sockets per user are limited."""
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.cache import cache
 from django.utils import timezone
 
 from delivery import destinations, tasks
@@ -15,6 +17,7 @@ from delivery.models import DeliveryLog, Destination
 from identity import services as identity_services
 from identity.auth import token_issue
 from identity.models import Account, AuthToken, Membership, Role, User
+from schema import consumers
 from tests.conftest import Persona
 from tests.factories import PASSWORD, add_member, make_account
 from tests.live.conftest import WSClient, wait_subscribed
@@ -123,6 +126,61 @@ async def test_invalidated_token_closes_the_idle_socket_with_4403_within_the_bou
 async def test_a_valid_token_keeps_the_socket_open(ws_clients: Any, admin: Persona) -> None:
     client = await opened(admin, ws_clients)
     assert await client.communicator.receive_nothing(timeout=RECHECK * 4)
+
+
+async def test_one_watchdog_task_rechecks_every_socket_of_the_process(
+    ws_clients: Any, admin: Persona, normal_user: Persona
+) -> None:
+    admins = [await opened(admin, ws_clients) for _ in range(2)]
+    other = await opened(normal_user, ws_clients)
+    watching = [t for t in asyncio.all_tasks() if "_Watchdog._run" in repr(t.get_coro())]
+    assert len(watching) == 1
+
+    await sync_to_async(_logout)(admin)
+    started = time.monotonic()
+
+    for client in admins:
+        output = await closed_within(client, started, RECHECK + SLACK)
+        assert output["code"] == 4403
+    assert await other.communicator.receive_nothing(timeout=RECHECK * 3)
+
+
+async def test_an_authorization_check_that_fails_closes_the_socket_with_1011(
+    ws_clients: Any, admin: Persona, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await opened(admin, ws_clients)
+
+    async def down(raw: object) -> None:
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(consumers, "peek_socket_user", lambda raw, default: default)
+    monkeypatch.setattr(consumers, "socket_user", down)
+    started = time.monotonic()
+
+    output = await closed_within(client, started, RECHECK + SLACK)
+    assert output == {
+        "type": "websocket.close",
+        "code": 1011,
+        "reason": "Authorization check failed",
+    }
+
+
+def test_slots_refresh_keeps_its_own_slots_and_takes_back_only_free_ones() -> None:
+    prefix = f"ws-slot:test-{time.monotonic_ns()}"
+    mine, lapsed, taken = f"{prefix}:0", f"{prefix}:1", f"{prefix}:2"
+    cache.set(mine, "me", timeout=1)
+    cache.set(taken, "someone else", timeout=60)
+
+    consumers.slots_refresh([(mine, "me"), (lapsed, "me"), (taken, "me")])
+
+    assert cache.get_many([mine, lapsed, taken]) == {
+        mine: "me",
+        lapsed: "me",
+        taken: "someone else",
+    }
+    time.sleep(1.2)  # past the slot's old expiry: its refresh gave it SLOT_TTL_SECONDS
+    assert cache.get(mine) == "me"
+    cache.delete_many([mine, lapsed, taken])
 
 
 # --- Only subscriptions over the socket ------------------------------------------------------

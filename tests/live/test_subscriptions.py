@@ -1,6 +1,7 @@
 """logUpdates through the real ASGI application (channels' communicator) with the configured
 channel layer: in-memory on embedded defaults, Redis in the services run."""
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from delivery import destinations as destination_services
 from delivery import live, tasks
 from delivery.models import DeliveryLog, Destination
 from identity.models import Membership
+from schema import subscriptions
 from tests.conftest import Persona
 from tests.live.conftest import connect, wait_subscribed
 from tests.live.conftest import subscribers as live_subscribers
@@ -579,6 +581,50 @@ async def test_identical_subscriptions_share_one_execution_per_change(
         ["QUEUED", "SENDING", "SUCCESS"] * 2
     )
     assert len(calls) == 12  # 6 changes, once for the three alike and once for the fourth
+
+
+async def test_identical_subscriptions_get_the_pipelines_own_text_encoded_once_per_change(
+    ws_clients: Any,
+    admin: Persona,
+    destinations: list[Destination],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three sockets with the same own-fields subscription (id "1"), the third with a second
+    # one (id "2"): per change one of them goes through strawberry's result pipeline (it
+    # executes the change) and the others get the text it writes, encoded once, without it.
+    account_id = str(destinations[0].account_id)
+    direct: list[str] = []
+    real = subscriptions._DirectFrames.sent
+
+    async def counted(self: Any, row: object) -> bool:
+        sent: bool = await real(self, row)
+        if sent:
+            direct.append(self.operation_id)
+        return sent
+
+    monkeypatch.setattr(subscriptions._DirectFrames, "sent", counted)
+    clients = []
+    for _ in range(3):
+        clients.append(client := await ws_clients())
+        await client.init(admin.token)
+        await client.subscribe(OWN, {"accountId": account_id})
+    await clients[2].subscribe(OWN, {"accountId": account_id})
+    await wait_subscribed(account_id, 4)
+
+    await sync_to_async(ingest)(destinations[0].account_id, "direct")
+
+    texts = [[await c.communicator.receive_from(5) for _ in range(6)] for c in clients[:2]]
+    third = [await clients[2].communicator.receive_from(5) for _ in range(12)]
+    firsts = [text for text in third if json.loads(text)["id"] == "1"]
+    seconds = [text for text in third if json.loads(text)["id"] == "2"]
+    assert texts[0] == texts[1] == firsts
+    assert [s.replace('{"id":"2"', '{"id":"1"', 1) for s in seconds] == firsts
+    assert firsts[0].startswith('{"id":"1","type":"next","payload":{"data":{"logUpdates":')
+    statuses = [json.loads(text)["payload"]["data"]["logUpdates"]["status"] for text in firsts]
+    assert sorted(statuses) == sorted(["QUEUED", "SENDING", "SUCCESS"] * 2)
+    # 6 changes for 4 subscriptions, 6 of them through the pipeline.
+    assert len(direct) == 18
+    assert [await c.nothing_pending() for c in clients] == [True] * 3
 
 
 async def collect_data(client: Any, count: int) -> list[dict[str, Any]]:
