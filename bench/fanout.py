@@ -190,13 +190,18 @@ def run(ctx: Context) -> Section:
         idle = CpuMeter({"daphne": daphne.tree})
         idle.start()
         # The sockets' and streams' own upkeep (re-checks, timers), sampled as it runs.
-        idle_spy = profiling.py_spy(daphne.pid, IDLE_SECONDS, ctx.log_dir / "py-spy-idle.txt")
+        idle_spy = profiling.py_spy(
+            daphne.pid, IDLE_SECONDS, ctx.log_dir / "py-spy-idle.txt", gil=True
+        )
         idle.stop()
         idle_cpu = idle.used["daphne"] / IDLE_SECONDS
         spy: list[str | None] = [None]
         spying = threading.Thread(
             target=lambda: spy.__setitem__(
-                0, profiling.py_spy(daphne.pid, PY_SPY_SECONDS, ctx.log_dir / "py-spy-daphne.txt")
+                0,
+                profiling.py_spy(
+                    daphne.pid, PY_SPY_SECONDS, ctx.log_dir / "py-spy-daphne.txt", gil=True
+                ),
             )
         )
         spying.start()
@@ -278,6 +283,13 @@ def run(ctx: Context) -> Section:
         section.details.append(("py-spy of daphne during the one-account fan-out", spy[0]))
     if idle_spy:
         section.details.append(("py-spy of daphne while nothing changes", idle_spy))
+    if spread["spy"]:
+        section.details.append(
+            (
+                f"py-spy of daphne, {SPREAD_ACCOUNTS} accounts at {SPREAD_RATE} events/s",
+                spread["spy"],
+            )
+        )
     expected = EVENTS * connected
     section.notes.append(
         f"One account: {EVENTS} events, one at a time, each waited for until every "
@@ -315,6 +327,19 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
         fleet.receipts.clear()
         meter = CpuMeter({"daphne": daphne.tree})
         meter.start()
+        spy: list[str | None] = [None]
+        spying = threading.Thread(
+            target=lambda: spy.__setitem__(
+                0,
+                profiling.py_spy(
+                    daphne.pid,
+                    min(PY_SPY_SECONDS, SPREAD_SECONDS),
+                    ctx.log_dir / "py-spy-spread.txt",
+                    gil=True,
+                ),
+            )
+        )
+        spying.start()
         count = SPREAD_RATE * SPREAD_SECONDS
         event_ids = []
         t0 = time.time() + 0.1
@@ -325,6 +350,7 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
             event_ids.append(_ingest(tenants[i % len(tenants)]).event_id)
         time.sleep(5)  # the last deliveries and receipts
         meter.stop()
+        spying.join()
         log_ids = _log_ids(event_ids)
         latencies = [ms for log_id in log_ids for ms in fleet.receipts.get(log_id, [])]
         fleet.close()
@@ -335,6 +361,7 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
         "received": len(latencies),
         "expected": len(event_ids) * per_account,
         "cpu_per_event": meter.used["daphne"] / max(count, 1),
+        "spy": spy[0],
     }
 
 

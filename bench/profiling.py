@@ -74,15 +74,16 @@ def pstats_text(stats: pstats.Stats, limit: int) -> str:
     return buffer.getvalue()
 
 
-def py_spy(pid: int, seconds: int, out: Path) -> str | None:
+def py_spy(pid: int, seconds: int, out: Path, *, gil: bool = False) -> str | None:
     """Sample a running process with py-spy for `seconds`; a table of the functions where
-    its threads spent their (non-idle) samples: own and inclusive shares. None when py-spy
-    is unavailable or not permitted here."""
+    its threads spent their (non-idle) samples, or with `gil` only the thread holding the
+    interpreter lock (where its CPU goes: a thread waiting for the lock is not counted): own
+    and inclusive shares. None when py-spy is unavailable or not permitted here."""
     binary = py_spy_binary()
     if binary is None:
         return None
     argv = [binary, "record", "-p", str(pid), "-d", str(seconds), "-r", "100"]
-    argv += ["-f", "raw", "-o", str(out)]
+    argv += ["-f", "raw", "-o", str(out), *(["--gil"] if gil else [])]
     try:
         subprocess.run(argv, capture_output=True, timeout=seconds + 30, check=True)
     except (subprocess.SubprocessError, OSError):
@@ -102,7 +103,8 @@ def py_spy(pid: int, seconds: int, out: Path) -> str | None:
             inclusive[frame] += count
     if not total:
         return None
-    lines = [f"{total} samples of the busy threads at 100 Hz over {seconds} s", ""]
+    whose = "of the thread holding the GIL" if gil else "of the busy threads"
+    lines = [f"{total} samples {whose} at 100 Hz over {seconds} s", ""]
     lines.append(f"{'own %':>6}  function (top by own samples)")
     lines += [f"{n * 100 / total:6.1f}  {f}" for f, n in own.most_common(15)]
     lines += ["", f"{'incl %':>6}  function (top by inclusive samples, app and I/O)"]
