@@ -202,6 +202,11 @@ class LiveConsumer(GraphQLWSConsumer):
 
     graphql_transport_ws_handler_class = _Handler
     websocket_adapter_class = _Adapter
+    # No channel-layer channel per socket: live streams read the layer through their process's
+    # hub (delivery/live.py), and nothing is sent to a socket's own channel. With one, every
+    # socket kept a receive pending on the layer (with channels_redis, 1,000 sockets were
+    # 1,000 receivers taking turns on its receive lock for every message of the hub's channel).
+    channel_layer_alias = "(none: live streams use the process hub)"
     auth_token: str | None = None
     _slot: tuple[str, str] | None = None  # (cache key, owner)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.core.cache import cache
 from django.utils import timezone
 
@@ -143,6 +144,32 @@ async def test_one_watchdog_task_rechecks_every_socket_of_the_process(
         output = await closed_within(client, started, RECHECK + SLACK)
         assert output["code"] == 4403
     assert await other.communicator.receive_nothing(timeout=RECHECK * 3)
+
+
+def _receiving(layer: Any) -> set[str]:
+    """The channels this process receives on (the in-memory layer's queues, channels_redis'
+    receive buffers: both are made by `receive`)."""
+    found = getattr(layer, "channels", None)
+    return set(found if found is not None else layer.receive_buffer)
+
+
+async def test_sockets_take_no_channel_layer_channel_of_their_own(
+    ws_clients: Any, admin: Persona, destination: Destination
+) -> None:
+    layer = get_channel_layer()
+    first = await opened(admin, ws_clients)
+    await first.subscribe(SUBSCRIPTION)
+    await wait_subscribed(destination.account_id)
+    before = _receiving(layer)
+
+    for _ in range(3):
+        client = await opened(admin, ws_clients)
+        await client.subscribe(SUBSCRIPTION)
+    await wait_subscribed(destination.account_id, 4)
+
+    # The process hub's one channel serves every stream; a socket adds no receiver.
+    assert _receiving(layer) == before
+    assert len([c for c in before if c.startswith("specific.")]) == 1
 
 
 async def test_an_authorization_check_that_fails_closes_the_socket_with_1011(
