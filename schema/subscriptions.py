@@ -60,8 +60,10 @@ def _access_check(info: Info, account_id: strawberry.ID | None, action: Action) 
     asked = str(account_id) if account_id is not None else None
 
     async def access() -> frozenset[str]:
-        user = await context.socket_user(ws.auth_token)
-        if user is None:
+        # The user as the socket's watchdog last resolved its token (at most one re-check
+        # interval ago); a token no longer valid closes the socket, and its streams with it.
+        user = ws.scope.get("user")
+        if not isinstance(user, User):
             raise Unauthenticated()
         return await _viewable(user, asked, action)
 
