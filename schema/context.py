@@ -68,8 +68,8 @@ class Recent(Generic[K, V]):
     reloads all of them together every half interval, so a caller finds a fresh answer and
     returns it without suspending: 1,000 streams re-checking on the same tick cost one load
     per half interval and no wait each, instead of 1,000 waits on a load that a new window
-    started. A key not asked for during an interval is no longer refreshed. Failures are not
-    kept: once its answer is too old, a caller waits for a load of its own, which raises."""
+    started. A key not asked for during two intervals is no longer refreshed. Failures are
+    not kept: once its answer is too old, a caller waits for a load of its own, which raises."""
 
     def __init__(
         self, load: Callable[[list[K]], Awaitable[dict[K, V]]], size: int = 10_000
