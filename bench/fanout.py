@@ -61,6 +61,7 @@ class Fleet:
         self.loop = wsclient.LoopThread()
         self.heard: list[bool] = []
         self.receipts: dict[int, list[float]] = {}
+        self.arrivals: list[tuple[float, float]] = []  # (arrival, latency ms) of each receipt
         self.messages = 0
         self.subscribed = 0  # subscribe messages sent
         self.tasks: list[object] = []
@@ -78,9 +79,9 @@ class Fleet:
                 update = data.get("logUpdates") or {}
                 if isinstance(update, dict) and update.get("status") == "SUCCESS":
                     done = datetime.fromisoformat(str(update["processedTimestamp"])).timestamp()
-                    self.receipts.setdefault(int(str(update["id"])), []).append(
-                        (arrival - done) * 1e3
-                    )
+                    latency = (arrival - done) * 1e3
+                    self.receipts.setdefault(int(str(update["id"])), []).append(latency)
+                    self.arrivals.append((arrival, latency))
 
             return on_next
 
@@ -325,6 +326,7 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
             fleet.add(tenant, SUBSCRIBERS // SPREAD_ACCOUNTS)
         fleet.settle(tenants)
         fleet.receipts.clear()
+        fleet.arrivals.clear()
         meter = CpuMeter({"daphne": daphne.tree})
         meter.start()
         spy: list[str | None] = [None]
@@ -356,6 +358,13 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
         fleet.close()
     per_account = SUBSCRIBERS // SPREAD_ACCOUNTS
     log(f"spread: p99 {percentile(latencies, 99):.0f} ms, {len(latencies)} receipts")
+    seconds = _by_second(fleet.arrivals, t0)
+    log(
+        "spread, receipts by second of arrival: "
+        + ", ".join(
+            f"+{s}s n={len(v)} p99={percentile(v, 99):.0f}" for s, v in sorted(seconds.items())
+        )
+    )
     return {
         "latencies": latencies,
         "received": len(latencies),
@@ -363,6 +372,13 @@ def _spread(ctx: Context, section: Section) -> dict[str, Any]:
         "cpu_per_event": meter.used["daphne"] / max(count, 1),
         "spy": spy[0],
     }
+
+
+def _by_second(arrivals: list[tuple[float, float]], t0: float) -> dict[int, list[float]]:
+    seconds: dict[int, list[float]] = {}
+    for arrival, latency in arrivals:
+        seconds.setdefault(int(arrival - t0), []).append(latency)
+    return seconds
 
 
 def _log_ids(event_ids: list[str]) -> list[int]:

@@ -3,8 +3,9 @@
 A message carries each changed log's own fields as they were after the change (and its event's
 CL-X-EVENT-ID when the publisher has the event at hand): a subscriber that selects only those
 reads no row; one that selects more (attempts, the payload, the destination) reloads the rows
-once per message in each process. The channel layer is at-most-once (it drops past its
-capacity), so clients catch up from the database after a reconnect.
+once per message in each process. The channel layer is at-most-once (Redis pub/sub keeps
+nothing for a process that is not connected), so clients catch up from the database after a
+reconnect.
 """
 
 import asyncio
@@ -27,7 +28,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.utils import _consistent_hash, decode_hosts
 from django.conf import settings
 from django.db.models import Q
 from django.dispatch import receiver
@@ -201,86 +203,46 @@ def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
 
 PUBLISH_TIMEOUT = 5.0
 
-# channels_redis' group_send Lua, with the trim of expired messages that it sends before it
-# in a pipeline of its own: one round trip. KEYS: the channels' keys; ARGV: their messages,
-# their capacities, then the time, the expiry and the trim's cut-off.
-_SEND_LUA = """
-local n = #KEYS
-local now, expiry, cutoff = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
-local over_capacity = 0
-for i = 1, n do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
-    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[i + n]) then
-        redis.call('ZADD', KEYS[i], now, ARGV[i])
-        redis.call('EXPIRE', KEYS[i], expiry)
-    else
-        over_capacity = over_capacity + 1
-    end
-end
-return over_capacity
-"""
 
+class _RedisPublisher:
+    """`RedisPubSubChannelLayer.group_send` for sync callers (tasks, views): one PUBLISH of the
+    layer's own bytes to the layer's own Redis channel for the group, on a sync client. The
+    layer's asyncio send needs an event loop; handing each send to a loop thread and back cost
+    more CPU on the delivery path than the rest of the publish."""
 
-class _RedisSender:
-    """`RedisChannelLayer.group_send` for sync callers (tasks, views) over a sync client, in
-    two round trips: the group's members (after dropping expired ones), then one script that
-    sends to every member's channel; none when the group is empty. The layer's own asyncio
-    group_send takes four, each handed to an event-loop thread and back: on the delivery
-    path that cost more CPU than the rest of the publish. Messages, keys, capacities and
-    expiry are the layer's own (it builds them), so its receivers read them as they read
-    their own."""
-
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: RedisPubSubChannelLayer, hosts: list[dict[str, Any]]) -> None:
         import redis
 
-        (host,) = layer.hosts
-        options = dict(host)
         self.layer = layer
-        self.client = redis.Redis.from_url(options.pop("address"), **options)
-        self.send_script = self.client.register_script(_SEND_LUA)
+        self.prefix = layer._kwargs.get("prefix", "asgi")
+        self.clients = []
+        for host in hosts:
+            options = dict(host)
+            self.clients.append(redis.Redis.from_url(options.pop("address"), **options))
 
     def group_send(self, group: str, message: dict[str, Any]) -> None:
-        layer = self.layer
-        key = layer._group_key(group)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(key, min=0, max=int(time.time()) - layer.group_expiry)
-        pipe.zrange(key, 0, -1)
-        _, members = pipe.execute()
-        if not members:
-            return
-        channels = [member.decode("utf8") for member in members]
-        _, messages, capacities = layer._map_channel_keys_to_connection(channels, message)
-        keys = list(messages)
-        now = time.time()
-        over = self.send_script(
-            keys=keys,
-            args=[
-                *(messages[k] for k in keys),
-                *(capacities[k] for k in keys),
-                now,
-                int(layer.expiry),
-                int(now) - int(layer.expiry),
-            ],
-        )
-        if over:
-            logger.info("%s of %s channels over capacity in group %s", over, len(keys), group)
+        channel = f"{self.prefix}__group__{group}"  # RedisPubSubLoopLayer's group channel
+        client = self.clients[_consistent_hash(channel, len(self.clients))]
+        client.publish(channel, self.layer.serialize(message))
 
 
-_senders: "weakref.WeakKeyDictionary[Any, tuple[int, _RedisSender | None]]" = (
+_senders: "weakref.WeakKeyDictionary[Any, tuple[int, _RedisPublisher | None]]" = (
     weakref.WeakKeyDictionary()
 )  # layer -> (pid, its sender)
 _senders_lock = threading.Lock()
 
 
-def _redis_sender(layer: Any) -> _RedisSender | None:
-    """The sync sender of a channels_redis layer with one Redis host (per process); None for
-    other layers, which go through the publisher loop."""
+def _redis_sender(layer: Any) -> _RedisPublisher | None:
+    """The sync sender of a channels_redis pub/sub layer whose hosts are Redis URLs (per
+    process); None for other layers, which go through the publisher loop."""
     entry = _senders.get(layer)
     if entry is None or entry[0] != os.getpid():
         with _senders_lock:
             sender = None
-            if isinstance(layer, RedisChannelLayer) and len(layer.hosts) == 1:
-                sender = _RedisSender(layer)
+            if isinstance(layer, RedisPubSubChannelLayer):
+                hosts = decode_hosts(layer._kwargs.get("hosts"))
+                if all("address" in host for host in hosts):
+                    sender = _RedisPublisher(layer, hosts)
             _senders[layer] = entry = (os.getpid(), sender)
     return entry[1]
 
@@ -323,7 +285,6 @@ def _forget_recheck(*, setting: str, **kwargs: Any) -> None:
 
 
 GROUP_REFRESH_SECONDS = 60.0
-_STOP = "live.hub.stop"
 _TICK: dict[str, Any] = {"type": "live.hub.tick"}  # time to re-check access
 
 
@@ -334,11 +295,14 @@ class _Hub:
     With a channel per socket, as strawberry's `listen_to_channel` does, one change to 1,000
     subscribers in a process is 1,000 messages to write, read and decode; here it is one.
 
+    With channels_redis' pub/sub layer a group is one Redis subscription per process, and a
+    message reaches the process in one push: no Redis command per message (its list-based layer
+    spent four on each, and a busy process fell behind at a few hundred messages a second).
     A queue is unbounded: a stream that falls behind gets all it missed in its next batch
     (`_batches`), nothing is dropped in the process. A group is left when its last local stream
-    ends (the channel is dropped with the last one), and every group is joined again every
-    GROUP_REFRESH_SECONDS and after a failed read (the layer forgets members after its
-    group_expiry, and a restarted Redis forgets them all).
+    ends, and the channel with the last one (its reader is cancelled: the layer unsubscribes);
+    every group is joined again every GROUP_REFRESH_SECONDS (the in-memory layer forgets
+    members after its group_expiry).
     """
 
     def __init__(self, layer: Any) -> None:
@@ -346,7 +310,7 @@ class _Hub:
         self.channel: str | None = None
         self.queues: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self.lock = asyncio.Lock()
-        self.reader: asyncio.Task[None] | None = None  # ends on _STOP
+        self.reader: asyncio.Task[None] | None = None
         self.ticker: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
@@ -356,8 +320,6 @@ class _Hub:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         async with self.lock:
             if self.channel is None:
-                # A process channel like the sockets' own: channels_redis reads all of a
-                # process's channels with one receive loop, keyed by the name's prefix.
                 self.channel = await self.layer.new_channel()
                 self.reader = asyncio.ensure_future(self._read(self.channel))
                 self.ticker = asyncio.ensure_future(self._tick())
@@ -376,18 +338,16 @@ class _Hub:
                     if not members:
                         del self.queues[group]
                         left.append(group)
-            channel = self.channel
+            channel, reader = self.channel, None
             if not self.queues:  # the last local stream: stop reading until the next one
-                self.channel = None
+                reader, self.channel, self.reader = self.reader, None, None
                 if self.ticker is not None:
                     self.ticker.cancel()
             for group in left:
                 with contextlib.suppress(Exception):
                     await self.layer.group_discard(group, channel)
-            if self.channel is None:
-                # Not a cancellation: channels_redis' receive does not always end on one.
-                with contextlib.suppress(Exception):
-                    await self.layer.send(channel, {"type": _STOP})
+            if reader is not None:
+                reader.cancel()
 
     async def _read(self, channel: str) -> None:
         while True:
@@ -399,10 +359,7 @@ class _Hub:
                     raise  # the layer turned our cancellation into an error of its own
                 logger.warning("Live hub: reading the channel layer failed", exc_info=True)
                 await asyncio.sleep(1)
-                await self._join_all()
                 continue
-            if message.get("type") == _STOP:
-                return
             for group in _groups_of(message):
                 for queue in self.queues.get(group, ()):
                     queue.put_nowait(message)

@@ -165,13 +165,13 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # socket_timeout above the layer's 5 s blocking read (STACK.md trap 1).
+            # Pushed to each server process: one Redis subscription per account group per
+            # process (delivery/live.py: _Hub), no Redis command per message received.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # socket_timeout 10 s, as for channels_redis' other layer (STACK.md trap 1).
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
                 "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
-                # Live streams share one channel per process (delivery/live.py: _Hub).
-                "capacity": 1000,
             },
         }
     }

@@ -12,6 +12,8 @@ import requests
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from redis import asyncio as aioredis
 
 from delivery.live import group_name, listeners
 from delivery.models import Destination
@@ -71,13 +73,30 @@ async def subscribers(account_id: object, group_of: Callable[[object], str] = gr
     only then counts a stream), or, when streams run in server processes, the channels that
     joined it in the layer (one per process). A test waits on this before causing updates."""
     group = group_of(account_id)
+    members = len(local_members(group))
+    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        members = await redis_subscribers(group)
+    return max(listeners(group), members)
+
+
+def local_members(group: str) -> list[str]:
+    """The channels of this process (and loop) that joined `group` in the channel layer."""
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
-        members = len(layer.groups.get(group, {}))
-    else:
-        connection = layer.connection(layer.consistent_hash(group))
-        members = int(await connection.zcard(layer._group_key(group)))
-    return max(listeners(group), members)
+        return sorted(layer.groups.get(group, {}))
+    return sorted(layer.groups.get(layer._get_group_channel_name(group), ()))
+
+
+async def redis_subscribers(group: str) -> int:
+    """The Redis connections subscribed to `group` (channels_redis' pub/sub layer: one per
+    process and event loop that has a member in it)."""
+    layer = get_channel_layer()
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        ((_, count),) = await client.pubsub_numsub(layer._get_group_channel_name(group))
+        return int(count)
+    finally:
+        await client.aclose()
 
 
 async def wait_subscribed(

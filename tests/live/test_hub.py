@@ -11,16 +11,17 @@ from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from delivery import live
+from tests.live.conftest import local_members, redis_subscribers
 
 MESSAGE = {"type": live.MESSAGE_TYPE, "updates": [{"log_id": 1, "account_id": "a"}]}
 
 
 async def members(group: str) -> list[str]:
-    layer = get_channel_layer()
-    if isinstance(layer, InMemoryChannelLayer):
-        return sorted(layer.groups.get(group, {}))
-    connection = layer.connection(layer.consistent_hash(group))
-    return sorted(m.decode() for m in await connection.zrange(layer._group_key(group), 0, -1))
+    """The group's members in the layer; on Redis also checked against its subscriptions."""
+    found = local_members(group)
+    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        assert await redis_subscribers(group) == len(found)
+    return found
 
 
 async def send(group: str) -> None:
