@@ -4,7 +4,8 @@ WebSocket /graphql/ to the GraphQL subscription consumer.
 Importing this module also installs the daphne guard (project/body_guard.py): daphne imports the
 application before it builds its server, so `daphne project.asgi:application` and
 `manage.py serve` both refuse over-large or unwanted bodies on headers, in the reactor; and
-daphne is made to send WebSocket close reasons (project/close_reasons.py)."""
+daphne is made to send WebSocket close reasons (project/close_reasons.py), and the garbage
+collector is set for a process that holds many sockets (project/collector.py)."""
 
 import os
 from typing import Any
@@ -20,6 +21,7 @@ from django.urls import path  # noqa: E402
 
 from project.body_guard import BodyGuard, install_daphne_guard  # noqa: E402
 from project.close_reasons import install_close_reasons  # noqa: E402
+from project.collector import tune_collector  # noqa: E402
 from schema import schema  # noqa: E402
 from schema.consumers import LiveConsumer  # noqa: E402
 
@@ -38,3 +40,4 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter([path("graphql/", LiveConsumer.build(schema))]),
     }
 )
+tune_collector()
