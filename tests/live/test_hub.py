@@ -5,6 +5,7 @@ channel with the last stream of the process. On the embedded in-memory layer and
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -20,7 +21,11 @@ async def members(group: str) -> list[str]:
     """The group's members in the layer; on Redis also checked against its subscriptions."""
     found = local_members(group)
     if not isinstance(get_channel_layer(), InMemoryChannelLayer):
-        assert await redis_subscribers(group) == len(found)
+        # A (un)subscribe is sent on the layer's connection, ours asks on another: wait a bit.
+        deadline = time.monotonic() + 2
+        while (subscribed := await redis_subscribers(group)) != len(found):
+            assert time.monotonic() < deadline, f"{subscribed} Redis subscribers, {found}"
+            await asyncio.sleep(0.02)
     return found
 
 
