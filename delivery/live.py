@@ -312,6 +312,9 @@ class _Hub:
         self.lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
         self.ticker: asyncio.Task[None] | None = None
+        # The layer's pub/sub connections, each with its shard (channels_redis internals).
+        self.watched: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self.resubscribing: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def listen(self, type: str, *, groups: Collection[str]) -> AsyncIterator["_Messages"]:
@@ -327,6 +330,7 @@ class _Hub:
                 if not self.queues[group]:
                     await self.layer.group_add(group, self.channel)
                 self.queues[group].add(queue)
+            self._watch_connections()
         try:
             yield _Messages(queue, type)
         finally:
@@ -348,6 +352,38 @@ class _Hub:
                     await self.layer.group_discard(group, channel)
             if reader is not None:
                 reader.cancel()
+
+    def _watch_connections(self) -> None:
+        """Be told when a pub/sub connection of the layer connects again. Nothing to watch
+        on the in-memory layer."""
+        try:
+            shards = self.layer._get_layer()._shards  # channels_redis' RedisPubSubLoopLayer
+        except AttributeError:
+            return
+        for shard in shards:
+            connection = getattr(getattr(shard, "_pubsub", None), "connection", None)
+            if connection is not None and connection not in self.watched:
+                self.watched[connection] = shard
+                connection.register_connect_callback(self._reconnected)  # kept weakly
+
+    def _reconnected(self, connection: Any) -> None:
+        """What was published while the connection was down is lost to this process's
+        streams: tell the transport (it closes its sockets, clients resume with `after`), and
+        subscribe again (redis-py means to, but after a restart of Redis it did not always)."""
+        logger.warning("Live hub: the channel layer's connection came back; changes were lost")
+        for interrupted in list(_interruption_handlers.get(asyncio.get_running_loop(), ())):
+            interrupted()
+        if (shard := self.watched.get(connection)) is not None:
+            task = asyncio.get_running_loop().create_task(self._resubscribe(shard))
+            self.resubscribing.add(task)
+            task.add_done_callback(self.resubscribing.discard)
+
+    async def _resubscribe(self, shard: Any) -> None:
+        async with shard._lock:  # the layer's own (un)subscriptions take it
+            pubsub = shard._pubsub
+            if pubsub is not None and (channels := list(pubsub.channels)):
+                with contextlib.suppress(Exception):  # down again: the next connect retries
+                    await pubsub.subscribe(*channels)
 
     async def _read(self, channel: str) -> None:
         while True:
@@ -425,6 +461,14 @@ def _groups_of(message: dict[str, Any]) -> list[str]:
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+_interruption_handlers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
+
+
+def on_interruption(handler: Callable[[], None]) -> None:
+    """Call `handler` (on the running loop) whenever the live streams of this loop may have
+    missed changes: the channel layer's connection dropped and came back. The transport
+    closes its sockets then, so that clients resume with `after` and miss nothing."""
+    _interruption_handlers.setdefault(asyncio.get_running_loop(), []).append(handler)
 
 
 def listeners(group: str) -> int:

@@ -50,6 +50,7 @@ NOT_A_SUBSCRIPTION = (
 # 4403, which they retry (a client whose connectionParams fetch a fresh token gets back in).
 TOKEN_REFUSED = (4401, "Invalid, expired or revoked token")
 TOKEN_INVALID = (4403, "Token revoked or expired")
+INTERRUPTED = (1012, "Live updates interrupted: reconnect and resume with after")
 TOO_MANY = (4429, "Too many open connections")
 TOO_DEEP = (4400, "WebSocket message nested too deeply")
 # Deeper JSON than any operation of ours needs; deeper still would exhaust the stack.
@@ -279,6 +280,13 @@ class _Watchdog:
     def __init__(self) -> None:
         self.sockets: set[LiveConsumer] = set()
         self.task: asyncio.Task[None] | None = None
+        live.on_interruption(self.interrupted)
+
+    def interrupted(self) -> None:
+        """The process's live streams may have missed changes: close every socket with 1012
+        (clients reconnect, and resume with `after` without a gap)."""
+        for socket in list(self.sockets):
+            self._close(socket, *INTERRUPTED)
 
     def add(self, socket: "LiveConsumer") -> None:
         self.sockets.add(socket)

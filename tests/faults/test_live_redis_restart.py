@@ -1,7 +1,8 @@
-"""A server process's live hub after its Redis crashes and comes back: channels_redis' pub/sub
-layer (redis-py underneath) subscribes again by itself, so the process's streams hear changes
-published after the restart without any of them reconnecting. (What was published while Redis
-was down is lost to them: clients catch up with `after` when they reconnect.)"""
+"""A server process's live hub after its Redis crashes and comes back: it subscribes again
+(channels_redis' pub/sub layer and redis-py mean to, but after a restart did not always), so
+its streams hear changes published after the restart, and it reports the interruption (what was
+published while Redis was down is lost to them: the transport closes its sockets with 1012 and
+clients resume with `after`)."""
 
 import asyncio
 import time
@@ -65,5 +66,35 @@ async def test_the_hub_hears_changes_again_after_redis_restarts(
             await asyncio.sleep(1.5)  # the hub's reads fail meanwhile
             private_redis.start()
             assert await heard(messages, 2, within=15)
+    finally:
+        await layer.flush()
+
+
+async def test_a_reconnect_of_the_layer_tells_the_loops_interruption_handlers(
+    private_redis: PrivateRedis,
+) -> None:
+    """Changes published while the process was cut off are lost to its streams: the hub says
+    so once its connection is back (the transport then closes its sockets with 1012)."""
+    layer = RedisPubSubChannelLayer(
+        hosts=[{"address": private_redis.url, "socket_timeout": 10}],
+        prefix=f"test-restart-{uuid.uuid4().hex}",
+    )
+    hub, group = live._Hub(layer), live.group_name("interrupted")
+    interruptions: list[float] = []
+    live.on_interruption(lambda: interruptions.append(time.monotonic()))
+    try:
+        async with hub.listen(live.MESSAGE_TYPE, groups=[group]):
+            await asyncio.sleep(0.5)
+            assert interruptions == []  # the first connect is not an interruption
+            private_redis.kill()
+            await asyncio.sleep(1.5)
+            assert interruptions == []  # still cut off: nothing to resume from yet
+            private_redis.start()
+            deadline = time.monotonic() + 15
+            while not interruptions:
+                assert time.monotonic() < deadline, "no interruption after Redis came back"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1)
+            assert len(interruptions) == 1
     finally:
         await layer.flush()

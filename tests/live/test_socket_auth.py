@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from django.core.cache import cache
 from django.utils import timezone
 
-from delivery import destinations, tasks
+from delivery import destinations, live, tasks
 from delivery.models import DeliveryLog, Destination
 from identity import services as identity_services
 from identity.auth import token_issue
@@ -189,6 +189,27 @@ async def test_an_authorization_check_that_fails_closes_the_socket_with_1011(
         "code": 1011,
         "reason": "Authorization check failed",
     }
+
+
+async def test_an_interruption_of_the_live_feed_closes_every_socket_with_1012(
+    ws_clients: Any, admin: Persona, destination: Destination
+) -> None:
+    """The hub reports that its channel-layer connection came back (changes published
+    meanwhile never reached this process): every socket is closed with a code that clients
+    retry, so that they reconnect and resume with `after`."""
+    clients = [await opened(admin, ws_clients) for _ in range(2)]
+    await clients[0].subscribe(SUBSCRIPTION)
+    await wait_subscribed(destination.account_id)
+
+    for interrupted in live._interruption_handlers[asyncio.get_running_loop()]:
+        interrupted()
+
+    for client in clients:
+        assert await client.communicator.receive_output(timeout=5) == {
+            "type": "websocket.close",
+            "code": 1012,
+            "reason": "Live updates interrupted: reconnect and resume with after",
+        }
 
 
 def test_slots_refresh_keeps_its_own_slots_and_takes_back_only_free_ones() -> None:
