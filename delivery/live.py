@@ -461,7 +461,10 @@ def _groups_of(message: dict[str, Any]) -> list[str]:
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
-_interruption_handlers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
+Handlers = list[Callable[[], None]]
+_interruption_handlers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Handlers]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def on_interruption(handler: Callable[[], None]) -> None:
