@@ -35,6 +35,7 @@ from django.utils import timezone
 from delivery import health, limits, outbox, policy, transport
 from delivery.models import AUTOMATIC, DeliveryLog, Destination, LogStatus
 from identity.models import Account
+from project.cache import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,17 @@ def lane_running(destination_id: int, slot: int = 0) -> bool:
 def lanes_to_start(destination_ids: Iterable[int]) -> list[int]:
     """The destinations whose first lane slot was free and is now taken: a lane must be run
     for each. A destination whose lane is running is left to it (a run looks for due work
-    again after releasing its slot, so nothing committed before this call is missed)."""
-    return [d for d in dict.fromkeys(destination_ids) if take_slot(d, 0)]
+    again after releasing its slot, so nothing committed before this call is missed). On
+    Redis the slots are taken in one round trip (an account's wake takes one per destination)."""
+    wanted = list(dict.fromkeys(destination_ids))
+    client = redis_client(cache)
+    if client is None:
+        return [d for d in wanted if take_slot(d, 0)]
+    pipe = client.pipeline(transaction=False)
+    for destination_id in wanted:  # what cache.add sends, for each slot
+        key = cache.make_and_validate_key(_slot_key(destination_id, 0))
+        pipe.set(key, 1, nx=True, ex=_slot_seconds())
+    return [d for d, taken in zip(wanted, pipe.execute(), strict=True) if taken]
 
 
 def _wake_key(account_id: uuid.UUID | str) -> str:

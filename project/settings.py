@@ -15,10 +15,11 @@ from typing import Any
 import dj_database_url
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
-from huey import PriorityRedisHuey, SqliteHuey
+from huey import SqliteHuey
 from limits import parse_many
 
 from project.env import env_bool, env_float, env_int, env_list, env_str
+from project.queue import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -175,9 +176,7 @@ if REDIS_URL:
             },
         }
     }
-    HUEY = PriorityRedisHuey(
-        env_str("HUEY_NAME", "datapusher"), url=REDIS_URL, results=False, utc=True
-    )
+    HUEY = Queue(env_str("HUEY_NAME", "datapusher"), url=REDIS_URL, results=False, utc=True)
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {

@@ -200,6 +200,19 @@ def test_a_held_slot_starts_no_second_lane_until_it_is_freed(
     assert not slot_held(destination)
 
 
+def test_an_accounts_wake_starts_lanes_only_for_its_destinations_with_a_free_slot(
+    account: Account, sink: Sink
+) -> None:
+    """One slot take per destination, in one round trip on Redis, in the order asked."""
+    first, held, last = (sink_destination(account, sink) for _ in range(3))
+    assert engine.take_slot(held.pk, 0)
+
+    ids = [last.pk, held.pk, first.pk, last.pk]
+    assert engine.lanes_to_start(ids) == [last.pk, first.pk]
+    assert all(slot_held(d) for d in (first, held, last))
+    assert engine.lanes_to_start(ids) == []
+
+
 # --- 3. The release seam -------------------------------------------------------------------------
 
 
