@@ -312,9 +312,7 @@ class _Hub:
         self.lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
         self.ticker: asyncio.Task[None] | None = None
-        # The layer's pub/sub connections, each with its shard (channels_redis internals).
-        self.watched: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self.resubscribing: set[asyncio.Task[None]] = set()
+        self.watched: weakref.WeakSet[Any] = weakref.WeakSet()  # the layer's pub/sub connections
 
     @contextlib.asynccontextmanager
     async def listen(self, type: str, *, groups: Collection[str]) -> AsyncIterator["_Messages"]:
@@ -363,27 +361,16 @@ class _Hub:
         for shard in shards:
             connection = getattr(getattr(shard, "_pubsub", None), "connection", None)
             if connection is not None and connection not in self.watched:
-                self.watched[connection] = shard
+                self.watched.add(connection)
                 connection.register_connect_callback(self._reconnected)  # kept weakly
 
     def _reconnected(self, connection: Any) -> None:
-        """What was published while the connection was down is lost to this process's
-        streams: tell the transport (it closes its sockets, clients resume with `after`), and
-        subscribe again (redis-py means to, but after a restart of Redis it did not always)."""
+        """redis-py subscribes again by itself, but what was published while the connection
+        was down is lost to this process's streams: tell the transport (it closes its
+        sockets, clients resume with `after`)."""
         logger.warning("Live hub: the channel layer's connection came back; changes were lost")
         for interrupted in list(_interruption_handlers.get(asyncio.get_running_loop(), ())):
             interrupted()
-        if (shard := self.watched.get(connection)) is not None:
-            task = asyncio.get_running_loop().create_task(self._resubscribe(shard))
-            self.resubscribing.add(task)
-            task.add_done_callback(self.resubscribing.discard)
-
-    async def _resubscribe(self, shard: Any) -> None:
-        async with shard._lock:  # the layer's own (un)subscriptions take it
-            pubsub = shard._pubsub
-            if pubsub is not None and (channels := list(pubsub.channels)):
-                with contextlib.suppress(Exception):  # down again: the next connect retries
-                    await pubsub.subscribe(*channels)
 
     async def _read(self, channel: str) -> None:
         while True:

@@ -1,14 +1,16 @@
-"""A server process's live hub after its Redis crashes and comes back: it subscribes again
-(channels_redis' pub/sub layer and redis-py mean to, but after a restart did not always), so
-its streams hear changes published after the restart, and it reports the interruption (what was
-published while Redis was down is lost to them: the transport closes its sockets with 1012 and
-clients resume with `after`)."""
+"""A server process's live hub after its Redis crashes and comes back: channels_redis' pub/sub
+layer (redis-py underneath) subscribes again by itself, so its streams hear changes published
+after the restart, and the hub reports the interruption (what was published while Redis was
+down is lost to them: the transport closes its sockets with 1012 and clients resume with
+`after`)."""
 
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from asgiref.sync import sync_to_async
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
@@ -18,22 +20,20 @@ from tests.faults.conftest import SERVICES_ONLY, PrivateRedis
 pytestmark = SERVICES_ONLY
 
 
-async def _mut_setup() -> None: ...
-
-
-async def test_the_hub_hears_changes_again_after_redis_restarts(
-    private_redis: PrivateRedis, monkeypatch: Any
-) -> None:
-    from redis.asyncio.client import PubSub
-
-    async def no_resubscribe(self: Any, connection: Any) -> None:
-        return None
-
-    monkeypatch.setattr(PubSub, "on_connect", no_resubscribe)  # MUT
+@pytest.fixture
+async def layer(private_redis: PrivateRedis) -> AsyncIterator[RedisPubSubChannelLayer]:
+    """A pub/sub layer on the test's own Redis, configured as project/settings.py does."""
     layer = RedisPubSubChannelLayer(
         hosts=[{"address": private_redis.url, "socket_timeout": 10}],
         prefix=f"test-restart-{uuid.uuid4().hex}",
     )
+    yield layer
+    await layer.flush()
+
+
+async def test_the_hub_hears_changes_again_after_redis_restarts(
+    private_redis: PrivateRedis, layer: RedisPubSubChannelLayer
+) -> None:
     hub, group = live._Hub(layer), live.group_name("restart")
     sender = live._redis_sender(layer)
     assert sender is not None
@@ -59,42 +59,32 @@ async def test_the_hub_hears_changes_again_after_redis_restarts(
                 continue
         return False
 
-    try:
-        async with hub.listen(live.MESSAGE_TYPE, groups=[group]) as messages:
-            assert await heard(messages, 1, within=5)
-            private_redis.kill()
-            await asyncio.sleep(1.5)  # the hub's reads fail meanwhile
-            private_redis.start()
-            assert await heard(messages, 2, within=15)
-    finally:
-        await layer.flush()
+    async with hub.listen(live.MESSAGE_TYPE, groups=[group]) as messages:
+        assert await heard(messages, 1, within=5)
+        private_redis.kill()
+        await asyncio.sleep(1.5)  # the hub's reads fail meanwhile
+        private_redis.start()
+        assert await heard(messages, 2, within=15)
 
 
 async def test_a_reconnect_of_the_layer_tells_the_loops_interruption_handlers(
-    private_redis: PrivateRedis,
+    private_redis: PrivateRedis, layer: RedisPubSubChannelLayer
 ) -> None:
     """Changes published while the process was cut off are lost to its streams: the hub says
     so once its connection is back (the transport then closes its sockets with 1012)."""
-    layer = RedisPubSubChannelLayer(
-        hosts=[{"address": private_redis.url, "socket_timeout": 10}],
-        prefix=f"test-restart-{uuid.uuid4().hex}",
-    )
     hub, group = live._Hub(layer), live.group_name("interrupted")
     interruptions: list[float] = []
     live.on_interruption(lambda: interruptions.append(time.monotonic()))
-    try:
-        async with hub.listen(live.MESSAGE_TYPE, groups=[group]):
-            await asyncio.sleep(0.5)
-            assert interruptions == []  # the first connect is not an interruption
-            private_redis.kill()
-            await asyncio.sleep(1.5)
-            assert interruptions == []  # still cut off: nothing to resume from yet
-            private_redis.start()
-            deadline = time.monotonic() + 15
-            while not interruptions:
-                assert time.monotonic() < deadline, "no interruption after Redis came back"
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1)
-            assert len(interruptions) == 1
-    finally:
-        await layer.flush()
+    async with hub.listen(live.MESSAGE_TYPE, groups=[group]):
+        await asyncio.sleep(0.5)
+        assert interruptions == []  # the first connect is not an interruption
+        private_redis.kill()
+        await asyncio.sleep(1.5)
+        assert interruptions == []  # still cut off: nothing to resume from yet
+        private_redis.start()
+        deadline = time.monotonic() + 15
+        while not interruptions:
+            assert time.monotonic() < deadline, "no interruption after Redis came back"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        assert len(interruptions) == 1
