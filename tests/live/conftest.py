@@ -73,8 +73,9 @@ async def subscribers(account_id: object, group_of: Callable[[object], str] = gr
     only then counts a stream), or, when streams run in server processes, the channels that
     joined it in the layer (one per process). A test waits on this before causing updates."""
     group = group_of(account_id)
-    members = len(local_members(group))
-    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+    if isinstance(get_channel_layer(), InMemoryChannelLayer):
+        members = len(local_members(group))
+    else:
         members = await redis_subscribers(group)
     return max(listeners(group), members)
 
